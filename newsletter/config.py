@@ -1,0 +1,321 @@
+"""newsletter.toml: one documented schema with defaults, every problem reported at once.
+
+Paths are relative to the config file. When `[site] source` is a Jekyll site, the keys Jekyll owns
+(timezone, url, baseurl, permalink, excerpt_separator, future, title) are read from its `_config.yml`
+unless newsletter.toml sets them. Secrets never live here: they come from the environment.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from email_validator import EmailNotValidError, validate_email
+
+from .clock import parse_duration
+from .errors import ConfigError, Problem
+
+NEWSLETTER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEFAULT_SUBJECT = "{{ newsletter.title }}: {{ issue.date.strftime('%-d %B %Y') }}"
+
+# Every key the file may hold, with its default; None means "derived" (see the README's table).
+SITE_KEYS = {
+    "title": None,
+    "url": None,
+    "baseurl": None,
+    "source": ".",
+    "timezone": None,
+    "permalink": None,
+    "excerpt_separator": None,
+    "future": None,
+}
+NEWSLETTER_KEYS = {
+    "title": None,
+    "description": "",
+    "categories": [],
+    "exclude_categories": [],
+    "max_posts": 10,
+    "window": "7d",
+    "subject": DEFAULT_SUBJECT,
+    "template": "digest",
+}
+DELIVERY_KEYS = {"from": None, "reply_to": None}
+RENDER_KEYS = {"templates": "templates"}
+WEB_KEYS = {"base_url": None}
+SECTIONS = {"site": SITE_KEYS, "delivery": DELIVERY_KEYS, "render": RENDER_KEYS, "web": WEB_KEYS}
+JEKYLL_DEFAULTS = {
+    "title": "",
+    "url": "",
+    "baseurl": "",
+    "timezone": "UTC",
+    "permalink": "date",
+    "excerpt_separator": "\n\n",
+    "future": False,
+}
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    title: str
+    url: str
+    baseurl: str
+    source: Path
+    timezone: ZoneInfo
+    permalink: str
+    excerpt_separator: str
+    future: bool
+    is_jekyll: bool
+
+    @property
+    def absolute_base(self) -> str:
+        """The site's URL with its baseurl, without a trailing slash: what post URLs are appended to."""
+        return (self.url.rstrip("/") + "/" + self.baseurl.strip("/")).rstrip("/")
+
+
+@dataclass(frozen=True)
+class NewsletterConfig:
+    id: str
+    title: str
+    description: str
+    categories: tuple[str, ...]
+    exclude_categories: tuple[str, ...]
+    max_posts: int
+    window: timedelta
+    subject: str
+    template: str
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    from_addr: str
+    reply_to: str | None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    site: SiteConfig
+    newsletters: dict[str, NewsletterConfig]
+    delivery: DeliveryConfig
+    templates: Path
+    web_base_url: str
+    warnings: list[Problem] = field(default_factory=list)
+
+    def newsletter(self, newsletter_id: str) -> NewsletterConfig:
+        try:
+            return self.newsletters[newsletter_id]
+        except KeyError:
+            known = ", ".join(sorted(self.newsletters)) or "none are configured"
+            raise ConfigError(
+                [Problem(self.where, f"no newsletter {newsletter_id!r} under [newsletters] (known: {known})")]
+            ) from None
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.path else "newsletter.toml"
+
+
+class _Collector:
+    """Gathers problems while the config is read, so all of them are reported together."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(Problem(self.where, f"{key}: {message}"))
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(Problem(self.where, f"{key}: {message}"))
+
+    def typed(self, table: dict, section: str, key: str, kind: type | tuple, default: Any) -> Any:
+        value = table.get(key, default)
+        if value is not default and not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            self.error(f"{section}.{key}", f"must be a {names}, not {type(value).__name__} {value!r}")
+            return default
+        return value
+
+    def unknown(self, table: dict, section: str, known: dict) -> None:
+        for key in table:
+            if key not in known:
+                self.warn(f"{section}.{key}", f"unknown key, ignored (known keys: {', '.join(known)})")
+
+
+def load_config(path: Path | None, *, source_override: Path | None = None) -> Config:
+    """Read and check newsletter.toml; with `path` None, use defaults (a bare `--source` is enough)."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    where = "newsletter.toml"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([Problem(where, "no such config file; pass --config PATH or --source PATH")])
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError([Problem(where, f"not valid TOML: {err}")]) from err
+        base = path.resolve().parent
+    check = _Collector(where)
+    tables = {}
+    for section, known in SECTIONS.items():
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            check.error(section, "must be a table like [" + section + "]")
+            table = {}
+        check.unknown(table, section, known)
+        tables[section] = table
+    for key in raw:
+        if key not in SECTIONS and key != "newsletters":
+            check.warn(key, f"unknown section or key, ignored (known: {', '.join([*SECTIONS, 'newsletters'])})")
+
+    site = _read_site(tables["site"], base, source_override, check)
+    newsletters = _read_newsletters(raw.get("newsletters", {}), site, check)
+    delivery = _read_delivery(tables["delivery"], site, check)
+    templates = base / check.typed(tables["render"], "render", "templates", str, "templates")
+    web_base_url = check.typed(tables["web"], "web", "base_url", str, None) or site.absolute_base
+    if check.errors:
+        raise ConfigError(check.errors + check.warnings)
+    return Config(path, site, newsletters, delivery, templates, web_base_url.rstrip("/"), check.warnings)
+
+
+def _jekyll_config(source: Path, check: _Collector) -> dict[str, Any] | None:
+    config_file = source / "_config.yml"
+    if not config_file.is_file():
+        return None
+    try:
+        data = yaml.load(config_file.read_text(encoding="utf-8-sig"), Loader=yaml.CSafeLoader) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        check.error("site.source", f"{config_file} cannot be read: {err}")
+        return {}
+    if not isinstance(data, dict):
+        check.error("site.source", f"{config_file} is not a YAML mapping")
+        return {}
+    return data
+
+
+def _read_site(table: dict, base: Path, source_override: Path | None, check: _Collector) -> SiteConfig:
+    source_text = check.typed(table, "site", "source", str, ".")
+    source = source_override.resolve() if source_override else (base / source_text).resolve()
+    if not source.is_dir():
+        check.error("site.source", f"{source} is not a folder of posts or a Jekyll site")
+    jekyll = _jekyll_config(source, check) if source.is_dir() else None
+    is_jekyll = jekyll is not None or (source / "_posts").is_dir()
+    inherited = {**JEKYLL_DEFAULTS, **{k: v for k, v in (jekyll or {}).items() if k in JEKYLL_DEFAULTS}}
+
+    def value(key: str, kind: type | tuple) -> Any:
+        if key in table:
+            return check.typed(table, "site", key, kind, JEKYLL_DEFAULTS[key])
+        found = inherited[key]
+        if found is None:
+            return JEKYLL_DEFAULTS[key]
+        if not isinstance(found, kind):
+            check.error(f"site.{key}", f"{key} in {source / '_config.yml'} must be a {kind}, not {found!r}")
+            return JEKYLL_DEFAULTS[key]
+        return found
+
+    zone_name = value("timezone", str)
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        check.error("site.timezone", f"{zone_name!r} is not an IANA time zone name, like Europe/Paris or UTC")
+        zone = ZoneInfo("UTC")
+    url = value("url", str)
+    if url and not re.match(r"^https?://[^/\s]+", url):
+        check.error("site.url", f"{url!r} must be an absolute http(s) URL, like https://blog.example.org")
+    permalink = value("permalink", str)
+    if not permalink:
+        check.error("site.permalink", "must not be empty; use date, pretty, ordinal, none or a pattern")
+    return SiteConfig(
+        title=value("title", str) or source.name,
+        url=url.rstrip("/"),
+        baseurl=value("baseurl", str),
+        source=source,
+        timezone=zone,
+        permalink=permalink or "date",
+        excerpt_separator=value("excerpt_separator", str),
+        future=value("future", bool),
+        is_jekyll=is_jekyll,
+    )
+
+
+def _string_list(table: dict, section: str, key: str, check: _Collector) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+        check.error(f"{section}.{key}", f"must be a list of strings, like [\"Technology\"], not {value!r}")
+        return ()
+    return tuple(str(v) for v in value)
+
+
+def _read_newsletters(raw: Any, site: SiteConfig, check: _Collector) -> dict[str, NewsletterConfig]:
+    if not isinstance(raw, dict):
+        check.error("newsletters", "must be tables like [newsletters.weekly]")
+        return {}
+    found = {}
+    for newsletter_id, table in raw.items():
+        section = f"newsletters.{newsletter_id}"
+        if not isinstance(table, dict):
+            check.error(section, "must be a table")
+            continue
+        if not NEWSLETTER_ID.match(newsletter_id):
+            check.error(section, "the id must be lower-case letters, digits, '-' or '_' (it names files)")
+        check.unknown(table, section, NEWSLETTER_KEYS)
+        max_posts = check.typed(table, section, "max_posts", int, 10)
+        if max_posts < 1:
+            check.error(f"{section}.max_posts", f"must be at least 1, not {max_posts}")
+        try:
+            window = parse_duration(check.typed(table, section, "window", str, "7d"))
+        except ValueError as err:
+            check.error(f"{section}.window", str(err))
+            window = timedelta(days=7)
+        subject = check.typed(table, section, "subject", str, DEFAULT_SUBJECT)
+        template = check.typed(table, section, "template", str, "digest")
+        if "/" in template or "\\" in template or template.startswith("."):
+            check.error(f"{section}.template", f"{template!r} must be a template name under templates/")
+        found[newsletter_id] = NewsletterConfig(
+            id=newsletter_id,
+            title=check.typed(table, section, "title", str, None) or site.title,
+            description=check.typed(table, section, "description", str, ""),
+            categories=_string_list(table, section, "categories", check),
+            exclude_categories=_string_list(table, section, "exclude_categories", check),
+            max_posts=max_posts,
+            window=window,
+            subject=subject,
+            template=template,
+        )
+    return found
+
+
+def check_address(text: str) -> str | None:
+    """Return why `text` ("Name <addr>" or "addr") is not a usable address, or None when it is."""
+    from email.utils import parseaddr
+
+    if "\r" in text or "\n" in text:
+        return "must not contain a line break"
+    _name, address = parseaddr(text)
+    if not address:
+        return f"{text!r} is not an address like \"Blog <news@example.org>\""
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as err:
+        return f"{address!r} is not a valid address: {err}"
+    return None
+
+
+def _read_delivery(table: dict, site: SiteConfig, check: _Collector) -> DeliveryConfig:
+    host = re.sub(r"^https?://", "", site.url).split("/")[0].split(":")[0] or "localhost"
+    sender = check.typed(table, "delivery", "from", str, None) or f"{site.title} <newsletter@{host}>"
+    reply_to = check.typed(table, "delivery", "reply_to", str, None)
+    for key, value in (("from", sender), ("reply_to", reply_to)):
+        if value is not None and (why := check_address(value)):
+            check.error(f"delivery.{key}", why)
+    return DeliveryConfig(from_addr=sender, reply_to=reply_to)

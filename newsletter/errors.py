@@ -1,0 +1,42 @@
+"""Errors and warnings that a person can act on.
+
+Every stage reports bad input as a `Problem` naming where (file and line, or config key) and what is wrong,
+and goes on with the valid rest. Errors that stop a command carry every problem at once, not only the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One piece of bad input: where it is and what is wrong with it."""
+
+    where: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        place = f"{self.where}:{self.line}" if self.line else self.where
+        return f"{place}: {self.message}"
+
+
+class NewsletterError(Exception):
+    """Base of the errors the command line turns into a message and an exit status."""
+
+    exit_code = 1
+
+
+class ConfigError(NewsletterError):
+    """The configuration cannot be used; `problems` lists every reason found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class RenderError(NewsletterError):
+    """A template failed to render; the message names the template and line."""
