@@ -6,7 +6,9 @@ and goes on with the valid rest. Errors that stop a command carry every problem 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,14 @@ class Problem:
     def __str__(self) -> str:
         place = f"{self.where}:{self.line}" if self.line else self.where
         return f"{place}: {self.message}"
+
+
+def display_path(path: Path) -> str:
+    """A path as the user can open it: relative to the working folder when it is below it."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)
 
 
 class NewsletterError(Exception):

@@ -23,7 +23,7 @@ import yaml
 from . import permalink
 from .clock import localize, parse_moment
 from .config import SiteConfig
-from .errors import Problem
+from .errors import Problem, display_path
 from .markup import render_excerpt
 
 MARKDOWN_EXTS = frozenset({".markdown", ".mkdown", ".mkdn", ".mkd", ".md"})
@@ -114,7 +114,7 @@ def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
         try:
             post = read_post(path, relative, site, folder_categories, defaults)
         except PostError as err:
-            problems.append(Problem(relative, str(err), err.line))
+            problems.append(Problem(display_path(path), str(err), err.line))
             continue
         if post is None or (post.date > now and not site.future):
             continue
@@ -196,6 +196,9 @@ def split_front_matter(raw: bytes) -> tuple[dict[str, Any], str]:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 2 if mark is not None else None
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context_mark", None)
+        if context is not None and mark is not None and context.line != mark.line:
+            problem += f" ({getattr(err, 'context', None) or 'started'} at line {context.line + 2})"
         raise PostError(f"invalid YAML front matter: {problem}", line) from err
     if not isinstance(data, dict):
         raise PostError(f"front matter must be a mapping of keys to values, not a {type(data).__name__}", 2)

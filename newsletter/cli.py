@@ -1,0 +1,207 @@
+"""The command line: parse arguments, call the library, turn its errors into messages and exit codes.
+
+Exit status: 0 success; 1 a command failed, or warnings under --strict; 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import webbrowser
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .clock import parse_moment
+from .config import Config, load_config
+from .digest import compose, plan_issue, render_plan, sample_recipient
+from .errors import ConfigError, NewsletterError, Problem
+from .message import to_bytes
+from .posts import Post, read_posts
+
+EXIT_STRICT = 1
+
+
+@dataclass
+class State:
+    config_path: Path
+    config_given: bool
+    now_text: str | None
+    strict: bool
+    warnings: list[Problem] = field(default_factory=list)
+
+    def config(self, source: Path | None = None) -> Config:
+        path: Path | None = self.config_path
+        if source is not None and not self.config_given and not self.config_path.exists():
+            path = None
+        config = load_config(path, source_override=source)
+        self.warn(config.warnings)
+        return config
+
+    def now(self, config: Config) -> datetime:
+        if self.now_text is None:
+            return datetime.now(timezone.utc).astimezone(config.site.timezone)
+        try:
+            return parse_moment(self.now_text, config.site.timezone)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--now") from err
+
+    def posts(self, config: Config, now: datetime) -> list[Post]:
+        result = read_posts(config.site, now)
+        self.warn(result.problems)
+        return result.posts
+
+    def warn(self, problems: list[Problem]) -> None:
+        for problem in problems:
+            click.echo(f"warning: {problem}", err=True)
+        self.warnings.extend(problems)
+
+
+class NewsletterGroup(click.Group):
+    """Turns the library's errors into a message on stderr and the exit status they carry."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            result = super().invoke(ctx)
+        except ConfigError as err:
+            click.echo("error: the configuration cannot be used:", err=True)
+            for problem in err.problems:
+                click.echo(f"  {problem}", err=True)
+            ctx.exit(err.exit_code)
+        except NewsletterError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        state = ctx.find_object(State)
+        if state is not None and state.strict and state.warnings:
+            click.echo(f"error: {len(state.warnings)} warning(s) and --strict was given", err=True)
+            ctx.exit(EXIT_STRICT)
+        return result
+
+
+@click.group(cls=NewsletterGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="The config file [default: ./newsletter.toml].")
+@click.option("--now", "now_text", metavar="DATETIME",
+              help="The reference time, ISO 8601 (naive means the site's time zone) [default: now].")
+@click.option("--strict", is_flag=True, help="Fail (exit 1) when any warning was reported, for CI.")
+@click.version_option(__version__, prog_name="newsletter")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, now_text: str | None, strict: bool) -> None:
+    """Turn a blog's Markdown posts into email digests."""
+    ctx.obj = State(config_path or Path("newsletter.toml"), config_path is not None, now_text, strict)
+
+
+@cli.command()
+@click.option("--source", type=click.Path(path_type=Path, file_okay=False),
+              help="Read this site or folder instead of [site] source.")
+@click.option("--category", "categories", multiple=True, help="Only posts in this category (repeatable).")
+@click.option("--since", metavar="DATETIME", help="Only posts dated after this moment.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@click.pass_obj
+def posts(state: State, source: Path | None, categories: tuple[str, ...], since: str | None, as_json: bool) -> None:
+    """List the posts the reader sees, newest first."""
+    config = state.config(source)
+    now = state.now(config)
+    found = state.posts(config, now)
+    if categories:
+        wanted = {c.casefold() for c in categories}
+        found = [p for p in found if p.in_categories(wanted)]
+    if since:
+        try:
+            moment = parse_moment(since, config.site.timezone)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--since") from err
+        found = [p for p in found if p.date > moment]
+    if as_json:
+        click.echo(json.dumps([p.as_json() for p in found], indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(found)} posts in {config.site.source}")
+    for column in ("date", "title", "categories", "url"):
+        table.add_column(column, overflow="fold", no_wrap=column == "date")
+    for post in found:
+        table.add_row(post.date.strftime("%Y-%m-%d %H:%M"), post.title, ", ".join(post.categories), post.url)
+    Console(soft_wrap=not sys.stdout.isatty()).print(table)
+
+
+@cli.command()
+@click.argument("newsletter_id", metavar="NEWSLETTER", required=False)
+@click.option("--categories", multiple=True, help="Preview as a subscriber of only these categories.")
+@click.option("--as", "as_email", metavar="EMAIL", help="Preview as this subscriber.")
+@click.option("--format", "fmt", type=click.Choice(["html", "text", "eml"]), default="html", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("previews"), show_default=True,
+              help="A folder (one file per newsletter), a file, or - for standard output.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the HTML preview in the web browser.")
+@click.pass_obj
+def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...], as_email: str | None,
+            fmt: str, out: Path, open_browser: bool) -> None:
+    """Write exactly what would be sent at --now, and report what may look wrong in mail clients.
+
+    Without NEWSLETTER, previews every configured newsletter.
+    """
+    config = state.config()
+    now = state.now(config)
+    ids = [newsletter_id] if newsletter_id else sorted(config.newsletters)
+    if not ids:
+        raise ConfigError([Problem(config.where, "no [newsletters.<id>] table: add one to preview it")])
+    newsletters = [config.newsletter(i) for i in ids]
+    all_posts = state.posts(config, now)
+    recipient = sample_recipient(config, as_email) if as_email else sample_recipient(config)
+    for newsletter in newsletters:
+        plan = plan_issue(config, newsletter, all_posts, now, categories=categories)
+        digest = render_plan(config, plan)
+        state.warn(list(digest.checks))
+        if fmt == "eml":
+            payload = to_bytes(compose(config, digest, recipient, now))
+        else:
+            from .render import personalise
+
+            personal = personalise(digest, recipient)
+            payload = (personal.html if fmt == "html" else personal.text).encode("utf-8")
+        target = _write(payload, out, newsletter.id, fmt, several=len(newsletters) > 1)
+        count = len(plan.selection.posts)
+        sections = ", ".join(f"{s.category} ({len(s.posts)})" for s in plan.selection.sections) or "none"
+        where = "standard output" if target is None else str(target)
+        click.echo(f"{newsletter.id}: {count} post(s), sections: {sections}; subject: {digest.subject}", err=True)
+        click.echo(f"{newsletter.id}: wrote {where}", err=True)
+        if count == 0:
+            click.echo(f"{newsletter.id}: nothing new in the last {newsletter.window}; the issue would be skipped",
+                       err=True)
+        if open_browser and target is not None and fmt == "html":
+            webbrowser.open(target.resolve().as_uri())
+
+
+def _write(payload: bytes, out: Path, newsletter_id: str, fmt: str, several: bool) -> Path | None:
+    if str(out) == "-":
+        sys.stdout.buffer.write(payload)
+        sys.stdout.flush()
+        return None
+    suffix = {"html": ".html", "text": ".txt", "eml": ".eml"}[fmt]
+    target = out / f"{newsletter_id}{suffix}" if several or out.suffix == "" else out
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(payload)
+    return target
+
+
+@cli.command()
+@click.pass_obj
+def check(state: State) -> None:
+    """Check the configuration and read every post, reporting every problem found."""
+    config = state.config()
+    now = state.now(config)
+    found = state.posts(config, now)
+    click.echo(f"{config.where}: {len(config.newsletters)} newsletter(s), {len(found)} post(s) in "
+               f"{config.site.source}, {len(state.warnings)} warning(s)")
+
+
+def main() -> None:
+    cli(prog_name="newsletter")
+
+
+if __name__ == "__main__":
+    main()
