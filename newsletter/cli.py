@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .clock import parse_moment
+from .clock import format_duration, parse_moment
 from .config import Config, load_config
 from .digest import compose, plan_issue, render_plan, sample_recipient
 from .errors import ConfigError, NewsletterError, Problem
@@ -170,7 +170,8 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
         click.echo(f"{newsletter.id}: {count} post(s), sections: {sections}; subject: {digest.subject}", err=True)
         click.echo(f"{newsletter.id}: wrote {where}", err=True)
         if count == 0:
-            click.echo(f"{newsletter.id}: nothing new in the last {newsletter.window}; the issue would be skipped",
+            click.echo(f"{newsletter.id}: nothing new in the last {format_duration(newsletter.window)}; "
+                       "the issue would be skipped",
                        err=True)
         if open_browser and target is not None and fmt == "html":
             webbrowser.open(target.resolve().as_uri())

@@ -23,6 +23,15 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2).lower()]: int(match.group(1))})
 
 
+def format_duration(span: timedelta) -> str:
+    """A span in the forms parse_duration reads, in whole days, hours or minutes: 7d, 12h, 90m."""
+    minutes = int(span.total_seconds() // 60)
+    for unit, size in (("d", 24 * 60), ("h", 60)):
+        if minutes % size == 0:
+            return f"{minutes // size}{unit}"
+    return f"{minutes}m"
+
+
 def localize(value: datetime | date, zone: tzinfo) -> datetime:
     """Make a date or datetime aware: naive values are wall-clock time in `zone`, aware ones are converted."""
     if not isinstance(value, datetime):

@@ -19,7 +19,7 @@ import yaml
 from email_validator import EmailNotValidError, validate_email
 
 from .clock import parse_duration
-from .errors import ConfigError, Problem
+from .errors import ConfigError, Problem, UnknownNameError
 
 NEWSLETTER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_SUBJECT = "{{ newsletter.title }}: {{ issue.date.strftime('%-d %B %Y') }}"
@@ -112,8 +112,8 @@ class Config:
             return self.newsletters[newsletter_id]
         except KeyError:
             known = ", ".join(sorted(self.newsletters)) or "none are configured"
-            raise ConfigError(
-                [Problem(self.where, f"no newsletter {newsletter_id!r} under [newsletters] (known: {known})")]
+            raise UnknownNameError(
+                f"{self.where} has no newsletter {newsletter_id!r} under [newsletters] (known: {known})"
             ) from None
 
     @property
@@ -302,7 +302,7 @@ def check_address(text: str) -> str | None:
     if "\r" in text or "\n" in text:
         return "must not contain a line break"
     _name, address = parseaddr(text)
-    if not address:
+    if not address or ("<" not in text and " " in text.strip()):
         return f"{text!r} is not an address like \"Blog <news@example.org>\""
     try:
         validate_email(address, check_deliverability=False)
@@ -313,9 +313,9 @@ def check_address(text: str) -> str | None:
 
 def _read_delivery(table: dict, site: SiteConfig, check: _Collector) -> DeliveryConfig:
     host = re.sub(r"^https?://", "", site.url).split("/")[0].split(":")[0] or "localhost"
-    sender = check.typed(table, "delivery", "from", str, None) or f"{site.title} <newsletter@{host}>"
+    sender = check.typed(table, "delivery", "from", str, None)
     reply_to = check.typed(table, "delivery", "reply_to", str, None)
     for key, value in (("from", sender), ("reply_to", reply_to)):
         if value is not None and (why := check_address(value)):
             check.error(f"delivery.{key}", why)
-    return DeliveryConfig(from_addr=sender, reply_to=reply_to)
+    return DeliveryConfig(from_addr=sender or f"{site.title} <newsletter@{host}>", reply_to=reply_to)

@@ -48,5 +48,11 @@ class ConfigError(NewsletterError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class UnknownNameError(NewsletterError):
+    """A name given on the command line (a newsletter, an issue) that does not exist."""
+
+    exit_code = 2
+
+
 class RenderError(NewsletterError):
     """A template failed to render; the message names the template and line."""

@@ -7,12 +7,13 @@ https and mailto links), with relative links made absolute against the post's ow
 
 from __future__ import annotations
 
-import html
 import re
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urljoin
 
 import nh3
+from lxml import html as lxml_html
 from markdown_it import MarkdownIt
 
 ALLOWED_TAGS = {
@@ -29,9 +30,9 @@ ALLOWED_ATTRIBUTES = {
 }
 URL_SCHEMES = {"http", "https", "mailto"}
 _LIQUID = re.compile(r"\{%-?.*?-?%\}|\{\{-?.*?-?\}\}", re.DOTALL)
-_BLOCK_END = re.compile(r"</(p|h[1-6]|blockquote|pre|table|tr|ul|ol)>|<hr\s*/?>", re.IGNORECASE)
-_LINE_BREAK = re.compile(r"<br\s*/?>|</li>|</td>|</th>", re.IGNORECASE)
-_LIST_ITEM = re.compile(r"<li>", re.IGNORECASE)
+_LIQUID_COMMENT = re.compile(r"\{%-?\s*comment\s*-?%\}.*?\{%-?\s*endcomment\s*-?%\}", re.DOTALL)
+_DROPPED_WITH_CONTENT = {"script", "style", "form", "button", "select", "textarea", "iframe", "object", "noscript"}
+_TEXT_BLOCKS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table", "ul", "ol", "hr"}
 
 
 @lru_cache(maxsize=1)
@@ -41,7 +42,7 @@ def _markdown() -> MarkdownIt:
 
 def strip_liquid(text: str) -> str:
     """Remove Liquid tags and output markup, which only Jekyll can evaluate."""
-    return _LIQUID.sub("", text)
+    return _LIQUID.sub("", _LIQUID_COMMENT.sub("", text))
 
 
 def sanitize(fragment: str, base_url: str) -> str:
@@ -56,7 +57,7 @@ def sanitize(fragment: str, base_url: str) -> str:
     return nh3.clean(
         fragment,
         tags=ALLOWED_TAGS,
-        clean_content_tags={"script", "style"},
+        clean_content_tags=_DROPPED_WITH_CONTENT,
         attributes=ALLOWED_ATTRIBUTES,
         attribute_filter=absolutize,
         url_schemes=URL_SCHEMES,
@@ -65,12 +66,34 @@ def sanitize(fragment: str, base_url: str) -> str:
 
 
 def html_to_text(fragment: str) -> str:
-    """Plain text of a sanitised fragment: paragraphs kept as blank-line-separated blocks."""
-    marked = _BLOCK_END.sub("\n\n", fragment)
-    marked = _LINE_BREAK.sub("\n", marked)
-    marked = _LIST_ITEM.sub("- ", marked)
-    text = html.unescape(nh3.clean(marked, tags=set(), clean_content_tags={"script", "style"}))
-    lines = [" ".join(line.split()) for line in text.splitlines()]
+    """Plain text of a sanitised fragment: blocks separated by blank lines, list items on lines of their own."""
+    if not fragment.strip():
+        return ""
+    parts: list[str] = []
+
+    def text(value: str | None, keep: bool) -> str:
+        return (value or "") if keep else re.sub(r"\s+", " ", value or "")
+
+    def walk(element: Any, keep: bool = False) -> None:
+        tag = element.tag if isinstance(element.tag, str) else ""
+        keep = keep or tag == "pre"
+        if tag == "br":
+            parts.append("\n")
+        elif tag == "li":
+            parts.append("\n- ")
+        elif tag in ("td", "th"):
+            parts.append(" ")
+        parts.append(text(element.text, keep))
+        for child in element:
+            walk(child, keep)
+            parts.append(text(child.tail, keep))
+        if tag in _TEXT_BLOCKS:
+            parts.append("\n\n")
+        elif tag == "tr":
+            parts.append("\n")
+
+    walk(lxml_html.fragment_fromstring(fragment, create_parent="div"))
+    lines = [line.strip() for line in "".join(parts).splitlines()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 

@@ -10,6 +10,7 @@ for Markdown and sanitising.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -292,9 +293,11 @@ def _image(data: dict[str, Any], site: SiteConfig) -> tuple[str | None, str | No
         return "https:" + value, alt_text, None
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value):
         return value, alt_text, None
-    local = (site.source / value.lstrip("/")).resolve()
+    # As Jekyll's absolute_url filter: url + baseurl + the path, with a leading slash or not.
+    relative = posixpath.normpath("/" + value).lstrip("/")
+    local = (site.source / relative).resolve()
     inside = local.is_relative_to(site.source) and local.is_file()
-    return site.absolute_base + "/" + permalink.escape_path(value.lstrip("/")), alt_text, local if inside else None
+    return site.absolute_base + "/" + permalink.escape_path(relative), alt_text, local if inside else None
 
 
 def _author(value: Any) -> str | None:

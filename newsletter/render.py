@@ -155,10 +155,27 @@ def render_subject(template: str, context: dict) -> str:
         raise RenderError(f"the subject template {template!r} failed: {err}") from err
 
 
+_IMPORT_RULE = re.compile(r"@import\s+[^;]*;?", re.IGNORECASE)
+
+
+def _without_imports(document: str) -> str:
+    """Drop @import rules from <style> blocks: cssutils, which premailer parses CSS with, fetches them over the
+    network whatever premailer's allow_network says."""
+    tree = lxml_html.document_fromstring(document)
+    changed = False
+    for style in tree.iter("style"):
+        if style.text and "@import" in style.text.lower():
+            style.text = _IMPORT_RULE.sub("", style.text)
+            changed = True
+    if not changed:
+        return document
+    return lxml_html.tostring(tree, doctype=tree.getroottree().docinfo.doctype, encoding="unicode")
+
+
 def inline_css(document: str) -> str:
     """Inline the CSS with premailer, set up so it never reaches the network and keeps what email needs."""
     return Premailer(
-        document,
+        _without_imports(document),
         base_url=None,
         disable_link_rewrites=True,
         allow_network=False,
