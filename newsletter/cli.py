@@ -17,9 +17,7 @@ import click
 from . import __version__
 from .clock import format_duration, parse_moment
 from .config import Config, load_config
-from .digest import compose, plan_issue, render_plan, sample_recipient
 from .errors import ConfigError, NewsletterError, Problem
-from .message import to_bytes
 from .posts import Post, read_posts
 
 EXIT_STRICT = 1
@@ -144,6 +142,10 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
 
     Without NEWSLETTER, previews every configured newsletter.
     """
+    from .digest import compose, plan_issue, render_plan, sample_recipient
+    from .message import to_bytes
+    from .render import personalise
+
     config = state.config()
     now = state.now(config)
     ids = [newsletter_id] if newsletter_id else sorted(config.newsletters)
@@ -159,8 +161,6 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
         if fmt == "eml":
             payload = to_bytes(compose(config, digest, recipient, now))
         else:
-            from .render import personalise
-
             personal = personalise(digest, recipient)
             payload = (personal.html if fmt == "html" else personal.text).encode("utf-8")
         target = _write(payload, out, newsletter.id, fmt, several=len(newsletters) > 1)

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from email_validator import EmailNotValidError, validate_email
 
+from . import permalink as permalink_module
 from .clock import parse_duration
 from .errors import ConfigError, Problem, UnknownNameError
 
@@ -233,6 +234,8 @@ def _read_site(table: dict, base: Path, source_override: Path | None, check: _Co
     permalink = value("permalink", str)
     if not permalink:
         check.error("site.permalink", "must not be empty; use date, pretty, ordinal, none or a pattern")
+    elif unknown := permalink_module.unknown_placeholders(permalink_module.template_for(permalink)):
+        check.error("site.permalink", f"{permalink!r} uses :{', :'.join(unknown)}, which Jekyll does not know")
     return SiteConfig(
         title=value("title", str) or source.name,
         url=url.rstrip("/"),

@@ -71,14 +71,15 @@ def plan_issue(
     return Plan(newsletter, issue, selection)
 
 
-def image_sizes(posts: Iterable[Post]) -> dict[str, tuple[int, int]]:
+def image_sizes(posts: Iterable[Post], source: Path) -> dict[str, tuple[int, int]]:
     """Pixel sizes of the posts' images whose files are in the site (Pillow reads only the header)."""
     sizes = {}
     for post in posts:
-        if post.image_file is None:
+        path = post.image_file(source)
+        if path is None:
             continue
         try:
-            with Image.open(post.image_file) as image:
+            with Image.open(path) as image:
                 sizes[post.key] = image.size
         except (OSError, UnidentifiedImageError):
             continue  # the check of the rendered HTML still reports what the email will show
@@ -93,7 +94,7 @@ def render_plan(config: Config, plan: Plan, env: jinja2.Environment | None = Non
         site=config.site,
         issue=plan.issue,
         selection=plan.selection,
-        image_sizes=image_sizes(plan.selection.posts),
+        image_sizes=image_sizes(plan.selection.posts, config.site.source),
     )
 
 

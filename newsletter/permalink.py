@@ -34,11 +34,19 @@ def _is_kept(char: str, extra: str) -> bool:
     return unicodedata.category(char).startswith("M")
 
 
+_ASCII_RUNS = {
+    "default": re.compile(r"[^A-Za-z0-9]+"),
+    "pretty": re.compile(r"[^A-Za-z0-9._~!$&'()+,;=@]+"),
+}
+
+
 def slugify(text: str, mode: str = "default", cased: bool = False) -> str:
     """Jekyll's Utils.slugify for the modes posts use: "default" and "pretty"."""
     extra = _PRETTY_EXTRA if mode == "pretty" else ""
     if mode == "raw":
         slug = re.sub(r"\s+", "-", text)
+    elif text.isascii():
+        slug = _ASCII_RUNS[mode].sub("-", text)
     else:
         out: list[str] = []
         for char in text:
@@ -70,45 +78,77 @@ def template_for(style: str) -> str:
     return STYLES.get(style, style)
 
 
-def placeholders(
-    *, date: datetime, slug: str, basename: str, categories: list[str], output_ext: str, path: str
-) -> dict[str, str]:
-    """The values Jekyll's UrlDrop offers a post's permalink template; `date` is in the site's zone."""
-    seen: dict[str, None] = {}
-    for category in categories:
-        seen.setdefault(str(category).lower(), None)
-    title = slugify(slug, mode="pretty", cased=True) if slug else slugify(basename, mode="pretty", cased=True)
-    iso_year, iso_week, iso_day = date.isocalendar()
-    return {
-        "collection": "posts",
-        "path": path,
-        "name": slugify(basename),
-        "title": title,
-        "slug": slugify(slug) if slug else slugify(basename),
-        "categories": "/".join(seen),
-        "slugified_categories": "/".join(dict.fromkeys(slugify(c) for c in categories if slugify(c))),
-        "year": date.strftime("%Y"),
-        "month": date.strftime("%m"),
-        "day": date.strftime("%d"),
-        "hour": date.strftime("%H"),
-        "minute": date.strftime("%M"),
-        "second": date.strftime("%S"),
-        "i_day": str(date.day),
-        "i_month": str(date.month),
-        "short_month": date.strftime("%b"),
-        "long_month": date.strftime("%B"),
-        "short_year": date.strftime("%y"),
-        "y_day": date.strftime("%j"),
-        "w_year": str(iso_year),
-        "week": f"{iso_week:02d}",
-        "w_day": str(iso_day),
-        "short_day": date.strftime("%a"),
-        "long_day": date.strftime("%A"),
-        "output_ext": output_ext,
-    }
+class UrlValues:
+    """The values Jekyll's UrlDrop offers a post's permalink template, computed only when the template uses
+    them (most use four or five of the twenty-six). `date` is in the site's time zone."""
+
+    _DATE_FORMATS = {
+        "year": "%Y", "month": "%m", "day": "%d", "hour": "%H", "minute": "%M", "second": "%S",
+        "short_month": "%b", "long_month": "%B", "short_year": "%y", "y_day": "%j", "short_day": "%a",
+        "long_day": "%A",
+    }  # fmt: skip
+
+    def __init__(self, *, date: datetime, slug: str, basename: str, categories: list[str], output_ext: str,
+                 path: str):
+        self.date, self.slug, self.basename = date, slug, basename
+        self.categories, self.output_ext, self.path = categories, output_ext, path
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._DATE_FORMATS or hasattr(self, "_" + name)
+
+    def __getitem__(self, name: str) -> str:
+        if name in self._DATE_FORMATS:
+            return self.date.strftime(self._DATE_FORMATS[name])
+        return getattr(self, "_" + name)()
+
+    def _collection(self) -> str:
+        return "posts"
+
+    def _path(self) -> str:
+        return self.path
+
+    def _output_ext(self) -> str:
+        return self.output_ext
+
+    def _name(self) -> str:
+        return slugify(self.basename)
+
+    def _title(self) -> str:
+        return slugify(self.slug or self.basename, mode="pretty", cased=True)
+
+    def _slug(self) -> str:
+        return slugify(self.slug or self.basename)
+
+    def _categories(self) -> str:
+        return "/".join(dict.fromkeys(str(c).lower() for c in self.categories))
+
+    def _slugified_categories(self) -> str:
+        return "/".join(dict.fromkeys(s for s in (slugify(c) for c in self.categories) if s))
+
+    def _i_day(self) -> str:
+        return str(self.date.day)
+
+    def _i_month(self) -> str:
+        return str(self.date.month)
+
+    def _w_year(self) -> str:
+        return str(self.date.isocalendar()[0])
+
+    def _week(self) -> str:
+        return f"{self.date.isocalendar()[1]:02d}"
+
+    def _w_day(self) -> str:
+        return str(self.date.isocalendar()[2])
 
 
-def generate(template: str, values: dict[str, str]) -> str:
+def unknown_placeholders(template: str) -> list[str]:
+    """The placeholders of a permalink template that Jekyll would reject."""
+    probe = UrlValues(date=datetime(2000, 1, 1), slug="", basename="", categories=[], output_ext="", path="")
+    names = _PLACEHOLDER.findall(template)
+    return [n for n in names if n not in probe and not (n.endswith("_") and n[:-1] in probe)]
+
+
+def generate(template: str, values: UrlValues | dict[str, str]) -> str:
     """Fill a URL template as Jekyll::URL#generate_url_from_drop does, then sanitise it."""
 
     def fill(match: re.Match) -> str:

@@ -53,15 +53,26 @@ class Post:
     slug: str
     categories: tuple[str, ...]
     tags: tuple[str, ...]
-    url: str
-    link: str
     author: str | None
     image: str | None
     image_alt: str | None
-    image_file: Path | None
+    image_path: str | None
     excerpt_source: str = field(repr=False)
     excerpt_is_html: bool = False
     data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    url_template: str = field(default="/:title/", repr=False)
+    url_values: Any = field(default=None, repr=False, compare=False)
+    base_url: str = field(default="", repr=False)
+
+    @cached_property
+    def url(self) -> str:
+        """Exactly Jekyll's post.url; made when first asked for, since most posts read are never shown."""
+        return permalink.generate(self.url_template, self.url_values)
+
+    @property
+    def link(self) -> str:
+        """The absolute link for the email: the site's url and baseurl, then post.url."""
+        return self.base_url + self.url
 
     @property
     def key(self) -> str:
@@ -79,6 +90,13 @@ class Post:
     @property
     def excerpt(self) -> str:
         return self._excerpt[1]
+
+    def image_file(self, source: Path) -> Path | None:
+        """The image's file when it is inside the site `source` (never a path that climbs out of it)."""
+        if self.image_path is None:
+            return None
+        local = (source / self.image_path).resolve()
+        return local if local.is_relative_to(source) and local.is_file() else None
 
     def in_categories(self, wanted: set[str]) -> bool:
         return any(category.casefold() in wanted for category in self.categories)
@@ -244,7 +262,6 @@ def _tags(data: dict[str, Any]) -> tuple[str, ...]:
 def _post_date(data: dict[str, Any], name_date: str | None, site: SiteConfig, line_of: Any) -> datetime:
     value = data.get("date")
     if value:
-        line = line_of("date")
         if isinstance(value, datetime) and value.tzinfo is None and site.is_jekyll:
             # Jekyll's YAML reader takes an unquoted timestamp without an offset as UTC (seen in Jekyll 4.3),
             # and its post.url uses that instant; links must match, so the reader does the same.
@@ -256,7 +273,7 @@ def _post_date(data: dict[str, Any], name_date: str | None, site: SiteConfig, li
                 return parse_moment(value, site.timezone)
             except ValueError:
                 pass
-        raise PostError(f"invalid date {value!r} in front matter; write it like 2025-07-22T12:00:26", line)
+        raise PostError(f"invalid date {value!r} in front matter; write it like 2025-07-22T12:00:26", line_of("date"))
     if name_date is None:
         raise PostError("no date: add `date:` to the front matter or name the file YYYY-MM-DD-slug.md")
     try:
@@ -279,7 +296,8 @@ def _line_finder(raw: bytes) -> Any:
     return line_of
 
 
-def _image(data: dict[str, Any], site: SiteConfig) -> tuple[str | None, str | None, Path | None]:
+def _image(data: dict[str, Any], site: SiteConfig) -> tuple[str | None, str | None, str | None]:
+    """(absolute URL, alt text, path inside the site when the image is a site file) of the post's image."""
     value = data.get("image")
     alt = data.get("image_alt")
     if isinstance(value, dict):
@@ -295,9 +313,7 @@ def _image(data: dict[str, Any], site: SiteConfig) -> tuple[str | None, str | No
         return value, alt_text, None
     # As Jekyll's absolute_url filter: url + baseurl + the path, with a leading slash or not.
     relative = posixpath.normpath("/" + value).lstrip("/")
-    local = (site.source / relative).resolve()
-    inside = local.is_relative_to(site.source) and local.is_file()
-    return site.absolute_base + "/" + permalink.escape_path(relative), alt_text, local if inside else None
+    return site.absolute_base + "/" + permalink.escape_path(relative), alt_text, relative
 
 
 def _author(value: Any) -> str | None:
@@ -350,7 +366,7 @@ def read_post(
             words.pop()
         title = " ".join(word.capitalize() for word in words)
     categories = _categories(data, folders)
-    values = permalink.placeholders(
+    values = permalink.UrlValues(
         date=when,
         slug=slug,
         basename=os.path.splitext(name)[0],
@@ -358,12 +374,13 @@ def read_post(
         output_ext=".html",
         path=relative,
     )
-    template = data.get("permalink") or permalink.template_for(site.permalink)
-    try:
-        url = permalink.generate(str(template), values)
-    except ValueError as err:
-        raise PostError(str(err), line_of("permalink")) from err
-    image, image_alt, image_file = _image(data, site)
+    template = str(data.get("permalink") or permalink.template_for(site.permalink))
+    if data.get("permalink"):
+        try:
+            permalink.generate(template, values)
+        except ValueError as err:
+            raise PostError(str(err), line_of("permalink")) from err
+    image, image_alt, image_path = _image(data, site)
     return Post(
         path=relative,
         date=when,
@@ -371,13 +388,14 @@ def read_post(
         slug=slug,
         categories=categories,
         tags=_tags(data),
-        url=url,
-        link=site.absolute_base + url,
         author=_author(data.get("author")),
         image=image,
         image_alt=image_alt,
-        image_file=image_file,
+        image_path=image_path,
         excerpt_source=_excerpt_source(data, content, site),
         excerpt_is_html=ext.lower() == ".html",
         data=data,
+        url_template=template,
+        url_values=values,
+        base_url=site.absolute_base,
     )

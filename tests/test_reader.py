@@ -90,17 +90,18 @@ def test_images_are_absolute_with_alt_from_front_matter_and_local_files_found():
     posts = by_name(read("jekyll/site").posts)
     typical = posts["2025-07-22-typical-news-post.md"]
     assert typical.image == "https://example.org/blog/assets/images/0123456789abcdef0123456789abcdef.jpg"
-    assert typical.image_alt is None and typical.image_file is None
+    assert typical.image_alt is None and typical.image_file(FIXTURES / "jekyll" / "site") is None
     mapped = posts["2025-08-19-image-mapping.md"]
     assert (mapped.image, mapped.image_alt) == ("https://example.org/blog/assets/images/map.png", "A map of the area")
     hostile = by_name(read("hostile-site").posts)
     assert hostile["2025-04-09-image-protocol-relative.md"].image == "https://cdn.example.net/pic.png"
     assert hostile["2025-04-10-image-absolute-url.md"].image == "https://images.example.net/a.jpg"
     climbing = hostile["2025-04-11-image-outside-site.md"]
-    assert (climbing.image, climbing.image_file) == ("https://hostile.example.org/b/etc/hostname", None)
+    assert (climbing.image, climbing.image_path) == ("https://hostile.example.org/b/etc/hostname", "etc/hostname")
+    assert climbing.image_file(FIXTURES / "hostile-site") is None
     sample = site_config(ROOT / "site")
     found = by_name(read_posts(sample.site, NOW).posts)["2025-12-30-mesh-radio-for-the-fishing-fleet.md"]
-    assert found.image_file == ROOT / "site/assets/images/de83e9b3d38c7a88b21f6ee0ef1d3647.jpg"
+    assert found.image_file(ROOT / "site") == ROOT / "site/assets/images/de83e9b3d38c7a88b21f6ee0ef1d3647.jpg"
 
 
 def test_excerpts_are_sanitised():

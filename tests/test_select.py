@@ -14,8 +14,8 @@ SINCE = UNTIL - timedelta(days=7)
 def post(name: str, *categories: str, days_ago: float = 1.0) -> Post:
     return Post(
         path=f"_posts/{name}.md", date=UNTIL - timedelta(days=days_ago), title=name.title(), slug=name,
-        categories=tuple(categories), tags=(), url=f"/{name}/", link=f"https://x.org/{name}/", author=None,
-        image=None, image_alt=None, image_file=None, excerpt_source=name,
+        categories=tuple(categories), tags=(), author=None, base_url="https://x.org",
+        image=None, image_alt=None, image_path=None, excerpt_source=name,
     )
 
 
