@@ -1,6 +1,7 @@
 """The command line: parse arguments, call the library, turn its errors into messages and exit codes.
 
-Exit status: 0 success; 1 a command failed, or warnings under --strict; 2 a usage or configuration error.
+Exit status: 0 success; 1 a command failed, or warnings under --strict; 2 a usage or configuration error;
+3 a send left deliveries whose outcome is unknown.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class State:
     now_text: str | None
     strict: bool
     warnings: list[Problem] = field(default_factory=list)
+    exit_code: int = 0
 
     def config(self, source: Path | None = None) -> Config:
         path: Path | None = self.config_path
@@ -51,6 +53,15 @@ class State:
         result = read_posts(config.site, now)
         self.warn(result.problems)
         return result.posts
+
+    def store(self, config: Config, *, create: bool = True):
+        """The subscriber store and ledger; with `create` False, None when the SQLite file does not exist yet."""
+        from .store import open_store
+
+        if not create and config.database_url.startswith("sqlite:///"):
+            if not Path(config.database_url[len("sqlite:///"):]).exists():
+                return None
+        return open_store(config.database_url)
 
     def warn(self, problems: list[Problem]) -> None:
         for problem in problems:
@@ -76,6 +87,8 @@ class NewsletterGroup(click.Group):
         if state is not None and state.strict and state.warnings:
             click.echo(f"error: {len(state.warnings)} warning(s) and --strict was given", err=True)
             ctx.exit(EXIT_STRICT)
+        if state is not None and state.exit_code:
+            ctx.exit(state.exit_code)
         return result
 
 
@@ -140,11 +153,13 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
             fmt: str, out: Path, open_browser: bool) -> None:
     """Write exactly what would be sent at --now, and report what may look wrong in mail clients.
 
-    Without NEWSLETTER, previews every configured newsletter.
+    Without NEWSLETTER, previews every configured newsletter. With a subscriber store, the preview leaves out
+    posts earlier issues carried, as the send will, and --as previews a stored subscriber's own copy.
     """
-    from .digest import compose, plan_issue, render_plan, sample_recipient
-    from .message import to_bytes
+    from .deliver.run import Variants, next_issue
+    from .digest import compose, sample_recipient
     from .render import personalise
+    from .message import to_bytes
 
     config = state.config()
     now = state.now(config)
@@ -153,10 +168,16 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
         raise ConfigError([Problem(config.where, "no [newsletters.<id>] table: add one to preview it")])
     newsletters = [config.newsletter(i) for i in ids]
     all_posts = state.posts(config, now)
-    recipient = sample_recipient(config, as_email) if as_email else sample_recipient(config)
+    store = state.store(config, create=False)
     for newsletter in newsletters:
-        plan = plan_issue(config, newsletter, all_posts, now, categories=categories)
-        digest = render_plan(config, plan)
+        recipient, chosen = _preview_recipient(state, config, store, newsletter.id, as_email)
+        record = next_issue(store, config, newsletter, all_posts, now)
+        digest = Variants(None, config, newsletter, record).for_categories(";".join(categories or chosen))
+        if digest is None:
+            click.echo(f"{newsletter.id}: nothing new in the last {format_duration(newsletter.window)}"
+                       f"{' in these categories' if categories or chosen else ''}; the issue would be skipped",
+                       err=True)
+            continue
         state.warn(list(digest.checks))
         if fmt == "eml":
             payload = to_bytes(compose(config, digest, recipient, now))
@@ -164,17 +185,30 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
             personal = personalise(digest, recipient)
             payload = (personal.html if fmt == "html" else personal.text).encode("utf-8")
         target = _write(payload, out, newsletter.id, fmt, several=len(newsletters) > 1)
-        count = len(plan.selection.posts)
-        sections = ", ".join(f"{s.category} ({len(s.posts)})" for s in plan.selection.sections) or "none"
-        where = "standard output" if target is None else str(target)
-        click.echo(f"{newsletter.id}: {count} post(s), sections: {sections}; subject: {digest.subject}", err=True)
-        click.echo(f"{newsletter.id}: wrote {where}", err=True)
-        if count == 0:
-            click.echo(f"{newsletter.id}: nothing new in the last {format_duration(newsletter.window)}; "
-                       "the issue would be skipped",
-                       err=True)
+        selection = digest.selection
+        sections = ", ".join(f"{s.category} ({len(s.posts)})" for s in selection.sections)
+        click.echo(f"{newsletter.id}: issue {record.number}, {len(selection.posts)} post(s), sections: {sections}; "
+                   f"subject: {digest.subject}", err=True)
+        click.echo(f"{newsletter.id}: wrote {'standard output' if target is None else target}", err=True)
         if open_browser and target is not None and fmt == "html":
             webbrowser.open(target.resolve().as_uri())
+
+
+def _preview_recipient(state: State, config: Config, store, newsletter_id: str, address: str | None):
+    """Who a preview is addressed to: the stored subscriber named by --as (with their categories and real
+    links) when there is one, else a sample reader. Returns (recipient, their categories)."""
+    from .digest import sample_recipient
+    from .render import Recipient
+    from .subscribers import find
+    from .tokens import Tokens
+
+    if address and store is not None and (subscriber := find(store, address)) is not None:
+        unsubscribe, preferences = Tokens(store.secret()).urls(config.web_base_url, subscriber.id, newsletter_id)
+        if newsletter_id not in subscriber.newsletters:
+            state.warn([Problem(address, f"is not subscribed to {newsletter_id}; previewing as if they were")])
+        return (Recipient(subscriber.email, subscriber.name, unsubscribe, preferences),
+                subscriber.newsletters.get(newsletter_id, ()))
+    return (sample_recipient(config, address) if address else sample_recipient(config)), ()
 
 
 def _write(payload: bytes, out: Path, newsletter_id: str, fmt: str, several: bool) -> Path | None:
@@ -202,6 +236,9 @@ def check(state: State) -> None:
 
 def main() -> None:
     cli(prog_name="newsletter")
+
+
+from . import cli_send, cli_subscribers  # noqa: E402  (they add their commands to `cli`)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ unless newsletter.toml sets them. Secrets never live here: they come from the en
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -46,10 +47,27 @@ NEWSLETTER_KEYS = {
     "subject": DEFAULT_SUBJECT,
     "template": "digest",
 }
-DELIVERY_KEYS = {"from": None, "reply_to": None}
+DELIVERY_KEYS = {
+    "from": None,
+    "reply_to": None,
+    "provider": "outbox",
+    "outbox": "outbox",
+    "batch_size": 100,
+    "max_attempts": 5,
+    "retry_delay": 30.0,
+    "smtp": {},
+    "sendgrid": {},
+}
+SMTP_KEYS = {"host": "localhost", "port": None, "security": "starttls", "username": None, "connections": 2,
+             "timeout": 30.0}
+SENDGRID_KEYS = {"api_host": "https://api.sendgrid.com", "timeout": 30.0, "batch_size": 1000}
+DATABASE_KEYS = {"url": None}
 RENDER_KEYS = {"templates": "templates"}
 WEB_KEYS = {"base_url": None}
-SECTIONS = {"site": SITE_KEYS, "delivery": DELIVERY_KEYS, "render": RENDER_KEYS, "web": WEB_KEYS}
+SECTIONS = {"site": SITE_KEYS, "delivery": DELIVERY_KEYS, "database": DATABASE_KEYS, "render": RENDER_KEYS,
+            "web": WEB_KEYS}
+PROVIDERS = ("outbox", "smtp", "sendgrid")
+SECURITY = {"none": 25, "starttls": 587, "ssl": 465}
 JEKYLL_DEFAULTS = {
     "title": "",
     "url": "",
@@ -93,9 +111,33 @@ class NewsletterConfig:
 
 
 @dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "localhost"
+    port: int = 587
+    security: str = "starttls"
+    username: str | None = None
+    connections: int = 2
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class SendgridConfig:
+    api_host: str = "https://api.sendgrid.com"
+    timeout: float = 30.0
+    batch_size: int = 1000
+
+
+@dataclass(frozen=True)
 class DeliveryConfig:
     from_addr: str
     reply_to: str | None
+    provider: str = "outbox"
+    outbox: Path = Path("outbox")
+    batch_size: int = 100
+    max_attempts: int = 5
+    retry_delay: float = 30.0
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    sendgrid: SendgridConfig = field(default_factory=SendgridConfig)
 
 
 @dataclass(frozen=True)
@@ -106,6 +148,8 @@ class Config:
     delivery: DeliveryConfig
     templates: Path
     web_base_url: str
+    database_url: str = "sqlite://"
+    web_base_url_set: bool = False
     warnings: list[Problem] = field(default_factory=list)
 
     def newsletter(self, newsletter_id: str) -> NewsletterConfig:
@@ -179,12 +223,17 @@ def load_config(path: Path | None, *, source_override: Path | None = None) -> Co
 
     site = _read_site(tables["site"], base, source_override, check)
     newsletters = _read_newsletters(raw.get("newsletters", {}), site, check)
-    delivery = _read_delivery(tables["delivery"], site, check)
+    delivery = _read_delivery(tables["delivery"], site, base, check)
     templates = base / check.typed(tables["render"], "render", "templates", str, "templates")
-    web_base_url = check.typed(tables["web"], "web", "base_url", str, None) or site.absolute_base
+    web_base_url = check.typed(tables["web"], "web", "base_url", str, None)
+    if web_base_url and not re.match(r"^https?://[^/\s]+", web_base_url):
+        check.error("web.base_url", f"{web_base_url!r} must be an absolute http(s) URL")
+    database_url = os.environ.get("NEWSLETTER_DATABASE_URL") or check.typed(
+        tables["database"], "database", "url", str, None) or f"sqlite:///{base / 'newsletter.db'}"
     if check.errors:
         raise ConfigError(check.errors + check.warnings)
-    return Config(path, site, newsletters, delivery, templates, web_base_url.rstrip("/"), check.warnings)
+    return Config(path, site, newsletters, delivery, templates, (web_base_url or site.absolute_base).rstrip("/"),
+                  database_url, bool(web_base_url), check.warnings)
 
 
 def _jekyll_config(source: Path, check: _Collector) -> dict[str, Any] | None:
@@ -314,11 +363,56 @@ def check_address(text: str) -> str | None:
     return None
 
 
-def _read_delivery(table: dict, site: SiteConfig, check: _Collector) -> DeliveryConfig:
+def _number(table: dict, section: str, key: str, default: Any, check: _Collector, kind: type = int,
+            low: float = 1, high: float | None = None) -> Any:
+    value = check.typed(table, section, key, (int, float) if kind is float else int, default)
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        check.error(f"{section}.{key}", f"must be {bound}, not {value}")
+        return default
+    return kind(value)
+
+
+def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector) -> DeliveryConfig:
     host = re.sub(r"^https?://", "", site.url).split("/")[0].split(":")[0] or "localhost"
     sender = check.typed(table, "delivery", "from", str, None)
     reply_to = check.typed(table, "delivery", "reply_to", str, None)
     for key, value in (("from", sender), ("reply_to", reply_to)):
         if value is not None and (why := check_address(value)):
             check.error(f"delivery.{key}", why)
-    return DeliveryConfig(from_addr=sender or f"{site.title} <newsletter@{host}>", reply_to=reply_to)
+    provider = check.typed(table, "delivery", "provider", str, "outbox")
+    if provider not in PROVIDERS:
+        check.error("delivery.provider", f"{provider!r} is not a provider; use one of {', '.join(PROVIDERS)}")
+    smtp_table = check.typed(table, "delivery", "smtp", dict, {})
+    sendgrid_table = check.typed(table, "delivery", "sendgrid", dict, {})
+    check.unknown(smtp_table, "delivery.smtp", SMTP_KEYS)
+    check.unknown(sendgrid_table, "delivery.sendgrid", SENDGRID_KEYS)
+    security = check.typed(smtp_table, "delivery.smtp", "security", str, "starttls")
+    if security not in SECURITY:
+        check.error("delivery.smtp.security", f"{security!r} must be one of none, starttls, ssl")
+        security = "starttls"
+    api_host = check.typed(sendgrid_table, "delivery.sendgrid", "api_host", str, SENDGRID_KEYS["api_host"])
+    if not re.match(r"^https?://[^/\s]+", api_host):
+        check.error("delivery.sendgrid.api_host", f"{api_host!r} must be an http(s) URL")
+    return DeliveryConfig(
+        from_addr=sender or f"{site.title} <newsletter@{host}>",
+        reply_to=reply_to,
+        provider=provider,
+        outbox=base / check.typed(table, "delivery", "outbox", str, "outbox"),
+        batch_size=_number(table, "delivery", "batch_size", 100, check, high=10_000),
+        max_attempts=_number(table, "delivery", "max_attempts", 5, check, high=100),
+        retry_delay=_number(table, "delivery", "retry_delay", 30.0, check, kind=float, low=0),
+        smtp=SmtpConfig(
+            host=check.typed(smtp_table, "delivery.smtp", "host", str, "localhost"),
+            port=_number(smtp_table, "delivery.smtp", "port", SECURITY[security], check, high=65535),
+            security=security,
+            username=check.typed(smtp_table, "delivery.smtp", "username", str, None),
+            connections=_number(smtp_table, "delivery.smtp", "connections", 2, check, high=64),
+            timeout=_number(smtp_table, "delivery.smtp", "timeout", 30.0, check, kind=float, low=0.1),
+        ),
+        sendgrid=SendgridConfig(
+            api_host=api_host.rstrip("/"),
+            timeout=_number(sendgrid_table, "delivery.sendgrid", "timeout", 30.0, check, kind=float, low=0.1),
+            batch_size=_number(sendgrid_table, "delivery.sendgrid", "batch_size", 1000, check, high=1000),
+        ),
+    )

@@ -9,6 +9,7 @@ for Markdown and sanitising.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
@@ -60,14 +61,36 @@ class Post:
     excerpt_source: str = field(repr=False)
     excerpt_is_html: bool = False
     data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    url_template: str = field(default="/:title/", repr=False)
+    url_template: str = field(default="/:title/", repr=False, compare=False)
     url_values: Any = field(default=None, repr=False, compare=False)
     base_url: str = field(default="", repr=False)
+    fixed_url: str | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def url(self) -> str:
         """Exactly Jekyll's post.url; made when first asked for, since most posts read are never shown."""
+        if self.fixed_url is not None:
+            return self.fixed_url
         return permalink.generate(self.url_template, self.url_values)
+
+    def freeze(self) -> dict[str, Any]:
+        """Everything needed to render this post again later, as JSON-ready values (an issue keeps these)."""
+        return {
+            "path": self.path, "date": self.date.isoformat(), "title": self.title, "slug": self.slug,
+            "categories": list(self.categories), "tags": list(self.tags), "author": self.author,
+            "image": self.image, "image_alt": self.image_alt, "image_path": self.image_path,
+            "excerpt_source": self.excerpt_source, "excerpt_is_html": self.excerpt_is_html,
+            "data": json.loads(json.dumps(self.data, default=str)), "url": self.url, "base_url": self.base_url,
+        }  # fmt: skip
+
+    @classmethod
+    def thaw(cls, frozen: dict[str, Any]) -> Post:
+        values = dict(frozen)
+        url = values.pop("url")
+        values["date"] = datetime.fromisoformat(values["date"])
+        values["categories"] = tuple(values["categories"])
+        values["tags"] = tuple(values["tags"])
+        return cls(**values, fixed_url=url)
 
     @property
     def link(self) -> str:

@@ -30,7 +30,8 @@ PERSONAL_FIELDS = ("name", "email", "unsubscribe_url", "preferences_url")
 _MARKER = re.compile(r"XNLFIELD([a-z_]+)XNLEND")
 
 
-def _marker(field: str) -> str:
+def marker(field: str) -> str:
+    """The placeholder a personal field stands as in a rendered variant: letters only, safe in any context."""
     return f"XNLFIELD{field}XNLEND"
 
 
@@ -131,9 +132,9 @@ def _context(newsletter: Any, site: Any, issue: IssueInfo, selection: Selection,
             {"category": section.category, "posts": [by_key[p.key] for p in section.posts]}
             for section in selection.sections
         ],
-        "subscriber": {"name": _marker("name"), "email": _marker("email")},
-        "unsubscribe_url": _marker("unsubscribe_url"),
-        "preferences_url": _marker("preferences_url"),
+        "subscriber": {"name": marker("name"), "email": marker("email")},
+        "unsubscribe_url": marker("unsubscribe_url"),
+        "preferences_url": marker("preferences_url"),
     }
 
 

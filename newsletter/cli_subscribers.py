@@ -1,0 +1,146 @@
+"""`newsletter subscribers ...`: import, export, add, remove, list and show subscribers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .cli import State, cli
+from .errors import NewsletterError, UnknownNameError
+from .subscribers import (STATUSES, ImportRejected, Subscriber, add, export_csv, find, import_csv, iter_subscribers,
+                          set_status)
+
+
+@cli.group()
+def subscribers() -> None:
+    """Manage the subscriber store."""
+
+
+@subscribers.command(name="import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--newsletter", metavar="ID", help="Subscribe rows whose newsletters cell is empty to this one.")
+@click.option("--skip-invalid", is_flag=True, help="Import the valid rows even when some are invalid.")
+@click.option("--resubscribe", is_flag=True,
+              help="Make people who unsubscribed, bounced or complained active again when a row says active.")
+@click.pass_obj
+def import_command(state: State, file: Path, newsletter: str | None, skip_invalid: bool, resubscribe: bool) -> None:
+    """Import (add or update) subscribers from a CSV file with a header row.
+
+    Columns: email, name, newsletters (ids separated by ;), categories (separated by ;, either a bare category
+    or newsletter:category; empty means all), status (active, unsubscribed, bounced, complained).
+    Nothing is imported when any row is invalid, unless --skip-invalid.
+    """
+    config = state.config()
+    now = state.now(config)
+    store = state.store(config)
+    try:
+        with open(file, encoding="utf-8-sig", newline="") as stream:
+            report = import_csv(store, config, stream, str(file), now, newsletter=newsletter,
+                                skip_invalid=skip_invalid, resubscribe=resubscribe)
+    except OSError as err:
+        raise NewsletterError(f"cannot read {file}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise NewsletterError(f"{file} is not UTF-8 text (byte {err.start}); save it as UTF-8") from err
+    except ImportRejected as err:
+        for problem in err.problems:
+            click.echo(f"invalid: {problem}", err=True)
+        raise
+    state.warn(report.invalid)
+    click.echo(f"{file}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+               f"{len(report.kept_unsubscribed)} kept unsubscribed, {len(report.invalid)} invalid row(s) skipped")
+    for address in report.kept_unsubscribed:
+        click.echo(f"  kept unsubscribed: {address} (pass --resubscribe to make them active again)")
+
+
+@subscribers.command()
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write to this file [default: stdout].")
+@click.pass_obj
+def export(state: State, out: Path | None) -> None:
+    """Export every subscriber as CSV, in the columns import reads (statuses included)."""
+    store = state.store(state.config())
+    if out is None:
+        count = export_csv(store, sys.stdout)
+    else:
+        temporary = out.with_name(out.name + ".tmp")
+        with open(temporary, "w", encoding="utf-8", newline="") as stream:
+            count = export_csv(store, stream)
+        temporary.replace(out)
+    click.echo(f"exported {count} subscriber(s)" + (f" to {out}" if out else ""), err=True)
+
+
+@subscribers.command(name="add")
+@click.argument("email")
+@click.option("--name", default="", help="The subscriber's name.")
+@click.option("--newsletter", "newsletters", multiple=True, metavar="ID", required=True,
+              help="Subscribe to this newsletter (repeatable).")
+@click.option("--category", "categories", multiple=True,
+              help="Only these categories (repeatable; newsletter:category for one newsletter).")
+@click.option("--resubscribe", is_flag=True, help="Make someone who had left active again.")
+@click.pass_obj
+def add_command(state: State, email: str, name: str, newsletters: tuple[str, ...], categories: tuple[str, ...],
+                resubscribe: bool) -> None:
+    """Add a subscriber, or update their newsletters and categories."""
+    config = state.config()
+    report = add(state.store(config), config, email, name, newsletters, categories, state.now(config),
+                 resubscribe=resubscribe)
+    if report.kept_unsubscribed:
+        raise NewsletterError(f"{email} had left; pass --resubscribe to make them active again")
+    click.echo(f"{'added' if report.added else 'updated' if report.updated else 'unchanged'}: {email}")
+
+
+@subscribers.command()
+@click.argument("email")
+@click.pass_obj
+def remove(state: State, email: str) -> None:
+    """Unsubscribe someone: they are never emailed again (their record stays, so an import cannot re-add them)."""
+    config = state.config()
+    found = set_status(state.store(config), email, "unsubscribed", state.now(config))
+    click.echo(f"unsubscribed: {found.email}")
+
+
+def _as_json(subscriber: Subscriber) -> dict:
+    return {"email": subscriber.email, "name": subscriber.name, "status": subscriber.status,
+            "newsletters": {n: list(c) for n, c in subscriber.newsletters.items()}, "source": subscriber.source,
+            "created_at": subscriber.created_at.isoformat(), "updated_at": subscriber.updated_at.isoformat()}
+
+
+@subscribers.command(name="list")
+@click.option("--newsletter", metavar="ID", help="Only subscribers of this newsletter.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only subscribers with this status.")
+@click.option("--category", help="Only subscribers who receive this category.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one subscriber each.")
+@click.pass_obj
+def list_command(state: State, newsletter: str | None, status: str | None, category: str | None,
+                 as_json: bool) -> None:
+    """List subscribers, one a line."""
+    config = state.config()
+    if newsletter:
+        config.newsletter(newsletter)
+    for subscriber in iter_subscribers(state.store(config), newsletter=newsletter, status=status, category=category):
+        if as_json:
+            click.echo(json.dumps(_as_json(subscriber), ensure_ascii=False))
+            continue
+        held = "; ".join(f"{n}: {', '.join(c) or 'all'}" for n, c in subscriber.newsletters.items())
+        click.echo(f"{subscriber.email}\t{subscriber.name}\t{subscriber.status}\t{held}")
+
+
+@subscribers.command()
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show(state: State, email: str, as_json: bool) -> None:
+    """Show one subscriber: status, newsletters and categories, dates."""
+    found = find(state.store(state.config()), email)
+    if found is None:
+        raise UnknownNameError(f"no subscriber {email!r}")
+    data = _as_json(found)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    for key in ("email", "name", "status", "source", "created_at", "updated_at"):
+        click.echo(f"{key}: {data[key]}")
+    for newsletter, categories in found.newsletters.items():
+        click.echo(f"newsletter {newsletter}: {', '.join(categories) or 'all categories'}")

@@ -1,0 +1,310 @@
+"""The send loop: plan or resume an issue, then claim, send and mark batches until every delivery is final.
+
+It owns batching, retries and the ledger for every provider. Each batch is claimed and committed before the
+provider is called and marked after it answers, so a crash at any point leaves rows that are either untouched
+(pending: sent by the next run), finished, or in flight (unknown: never resent without --retry-unknown).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import jinja2
+
+from .. import ledger
+from ..config import Config, NewsletterConfig
+from ..digest import image_sizes, period_of, plan_issue, view_url
+from ..errors import NewsletterError
+from ..posts import Post
+from ..render import Digest, IssueInfo, Recipient, render_digest, template_environment
+from ..select import Selection, group_sections
+from ..store import Store, utcnow
+from ..subscribers import decode_categories
+from ..tokens import TEST_SUBSCRIBER, Tokens
+from .base import Batch, Envelope, Outcome, Provider, RetryBatch, SplitBatch, StopSend
+
+EXIT_UNKNOWN = 3
+LINKS_WARNING = ("[web] base_url is not set, so unsubscribe and preferences links point at the blog "
+                 "({base}); set it to where `newsletter serve` answers")
+
+
+class ProviderUnavailable(NewsletterError):
+    """The provider kept refusing or could not be reached; what was not sent stays pending."""
+
+
+@dataclass
+class SendReport:
+    newsletter: str
+    period: str
+    issue_id: int | None = None
+    number: int | None = None
+    mode: str = "send"  # send, dry-run, test
+    skipped_issue: bool = False
+    posts: int = 0
+    variants: int = 0
+    counts: Counter = field(default_factory=Counter)
+    recovered: int = 0
+    retried_unknown: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_UNKNOWN if self.counts.get("unknown") else 0
+
+
+def planned_posts(store: Store | None, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
+                  now: datetime) -> tuple[tuple[Post, ...], int, dict[str, tuple[int, int]]]:
+    """What a new issue at `now` would carry: posts in the window no earlier issue carried, its number, and
+    the pixel sizes of its images. Without a store, no issue was sent before."""
+    carried, earlier = ledger.carried_posts(store, newsletter.id) if store else (set(), 0)
+    plan = plan_issue(config, newsletter, posts, now, number=earlier + 1, carried=carried)
+    chosen = plan.selection.posts
+    return chosen, earlier + 1, image_sizes(chosen, config.site.source)
+
+
+def plan_or_resume(store: Store, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
+                   now: datetime) -> tuple[ledger.IssueRecord, bool]:
+    """The issue of `newsletter` for the period of `now`: found when already planned, else planned now."""
+    period = period_of(now, config)
+    existing = ledger.find_issue(store, newsletter.id, period)
+    if existing is not None:
+        return existing, False
+    chosen, number, sizes = planned_posts(store, config, newsletter, posts, now)
+    return ledger.record_issue(store, newsletter=newsletter.id, period=period, number=number, posts=chosen,
+                               image_sizes=sizes, reference_time=now)
+
+
+class Variants:
+    """Each distinct subset of an issue's posts rendered and inlined once, and kept with the issue so that a
+    resumed send sends exactly what the first run rendered."""
+
+    def __init__(self, store: Store | None, config: Config, newsletter: NewsletterConfig,
+                 record: ledger.IssueRecord, env: jinja2.Environment | None = None):
+        self.store, self.config, self.newsletter, self.record = store, config, newsletter, record
+        self.env = env or template_environment(config.templates)
+        self._by_categories: dict[str, Digest | None] = {}
+        self._by_key: dict[str, Digest] = {}
+
+    @property
+    def issue_info(self) -> IssueInfo:
+        record = self.record
+        local = record.reference_time.astimezone(self.config.site.timezone)
+        return IssueInfo(record.number, local, record.period, view_url(self.config, record.newsletter,
+                                                                        record.period))
+
+    def for_categories(self, stored: str) -> Digest | None:
+        """The variant for a subscriber's stored categories; None when none of the issue's posts are in them."""
+        if stored not in self._by_categories:
+            wanted = {c.casefold() for c in decode_categories(stored)}
+            subset = [p for p in self.record.posts if not wanted or p.in_categories(wanted)]
+            self._by_categories[stored] = self._variant(subset) if subset else None
+        return self._by_categories[stored]
+
+    def _variant(self, subset: list[Post]) -> Digest:
+        keys = [p.key for p in subset]
+        key = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
+        if key in self._by_key:
+            return self._by_key[key]
+        selection = Selection(tuple(subset), group_sections(subset, self.newsletter.categories),
+                              self.record.reference_time, self.record.reference_time)
+        stored = ledger.load_variant(self.store, self.record.id, key) if self.store and self.record.id else None
+        if stored is not None:
+            digest = Digest(self.newsletter.id, self.issue_info, selection, stored.subject, stored.html,
+                            stored.text, ())
+        else:
+            digest = render_digest(self.env, newsletter=self.newsletter, site=self.config.site,
+                                   issue=self.issue_info, selection=selection, image_sizes=self.record.image_sizes)
+            if self.store and self.record.id:
+                ledger.save_variant(self.store, self.record.id, key, keys, digest.subject, digest.html, digest.text)
+        self._by_key[key] = digest
+        return digest
+
+    @property
+    def rendered(self) -> int:
+        return len(self._by_key)
+
+
+class Sender:
+    """Works one issue through a provider until every delivery is final, or the send must stop."""
+
+    def __init__(self, store: Store, config: Config, newsletter: NewsletterConfig, provider: Provider, *,
+                 progress: Callable[[list[ledger.Mark]], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.store, self.config, self.newsletter, self.provider = store, config, newsletter, provider
+        self.progress = progress or (lambda marks: None)
+        self.sleep = sleep
+        self.owner = ledger.lease_owner()
+        self.claimed: set[int] = set()
+
+    def run(self, record: ledger.IssueRecord, now: datetime, *, retry_unknown: bool = False) -> SendReport:
+        report = SendReport(self.newsletter.id, record.period, record.id, record.number, posts=len(record.posts))
+        if self.provider.reaches_people and not self.config.web_base_url_set:
+            report.warnings.append(LINKS_WARNING.format(base=self.config.web_base_url))
+        if record.status == "skipped":
+            report.skipped_issue = True
+            return report
+        ledger.acquire_lease(self.store, record.id, self.owner)
+        try:
+            report.recovered = ledger.recover_in_flight(self.store, record.id)
+            if retry_unknown:
+                report.retried_unknown = ledger.retry_unknown(self.store, record.id)
+            variants = Variants(self.store, self.config, self.newsletter, record)
+            tokens = Tokens(self.store.secret())
+            token = secrets.token_hex(8)
+            try:
+                self.provider.open()
+                self._loop(record, variants, tokens, token, now)
+            except (RetryBatch, StopSend) as err:
+                # The provider did not take these: give them back. Any other error leaves the batch `sending`,
+                # which the next run reports as unknown, since then nobody can say what went out.
+                ledger.release(self.store, sorted(self.claimed))
+                if isinstance(err, RetryBatch):
+                    raise ProviderUnavailable(f"{self.provider.name}: {err}; the rest stays pending, run send "
+                                              "again later") from err
+                raise
+            finally:
+                self.provider.close()
+            ledger.finish(self.store, record.id)
+            report.variants = variants.rendered
+        finally:
+            ledger.release_lease(self.store, record.id, self.owner)
+        report.counts = ledger.counts(self.store, record.id)
+        return report
+
+    def _loop(self, record: ledger.IssueRecord, variants: Variants, tokens: Tokens, token: str,
+              now: datetime) -> None:
+        while True:
+            claimed = ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size, token)
+            if not claimed:
+                due = ledger.next_retry(self.store, record.id)
+                if due is None:
+                    return
+                self._wait((due - utcnow()).total_seconds(), record.id)
+                continue
+            self.claimed = {row.delivery_id for row in claimed}
+            skips, groups = [], {}
+            for row in claimed:
+                if row.subscriber_status != "active":
+                    skips.append(ledger.Mark(row.delivery_id, "skipped", f"{row.subscriber_status} after the issue "
+                                                                          "was planned"))
+                    continue
+                digest = variants.for_categories(row.categories) if row.categories is not None else None
+                if row.categories is None:
+                    skips.append(ledger.Mark(row.delivery_id, "skipped", "no longer subscribed to this newsletter"))
+                elif digest is None:
+                    skips.append(ledger.Mark(row.delivery_id, "skipped", "none of this issue's posts are in the "
+                                                                         "subscriber's categories"))
+                else:
+                    unsubscribe, preferences = tokens.urls(self.config.web_base_url, row.subscriber_id,
+                                                           self.newsletter.id)
+                    recipient = Recipient(row.email, row.name, unsubscribe, preferences)
+                    groups.setdefault(id(digest), (digest, []))[1].append(Envelope(row.delivery_id, recipient))
+            self._record(skips)
+            for digest, envelopes in groups.values():
+                self._deliver(self._batch(record, digest, envelopes, now))
+            ledger.renew_lease(self.store, record.id, self.owner)
+
+    def _batch(self, record: ledger.IssueRecord, digest: Digest, envelopes: list[Envelope],
+               now: datetime) -> Batch:
+        delivery = self.config.delivery
+        return Batch(record.id, f"{self.newsletter.id}-{record.period}", self.newsletter.id, self.newsletter.title,
+                     digest, tuple(envelopes), delivery.from_addr, delivery.reply_to, now)
+
+    def _deliver(self, batch: Batch, attempt: int = 1) -> None:
+        try:
+            outcomes = self.provider.send(batch)
+        except SplitBatch:
+            for half in batch.split():
+                self._deliver(half, attempt)
+            return
+        except RetryBatch as err:
+            if attempt >= self.config.delivery.max_attempts:
+                raise
+            wait = err.after if err.after is not None else self.config.delivery.retry_delay * 2 ** (attempt - 1)
+            self._wait(wait, batch.issue_id)
+            self._deliver(batch, attempt + 1)
+            return
+        except StopSend as err:
+            if err.outcomes:
+                self._record_outcomes(batch, err.outcomes)
+            raise
+        self._record_outcomes(batch, outcomes)
+
+    def _record_outcomes(self, batch: Batch, outcomes: list[Outcome]) -> None:
+        marks = []
+        for envelope, outcome in zip(batch.envelopes, outcomes, strict=True):
+            if outcome.status == "release":
+                continue
+            status = {"retry": "pending"}.get(outcome.status, outcome.status)
+            marks.append(ledger.Mark(envelope.delivery_id, status, outcome.detail, outcome.message_id,
+                                     outcome.after))
+        self._record(marks)
+
+    def _record(self, marks: list[ledger.Mark]) -> None:
+        delivery = self.config.delivery
+        recorded = ledger.mark(self.store, marks, max_attempts=delivery.max_attempts,
+                               retry_delay=delivery.retry_delay)
+        self.claimed.difference_update(m.delivery_id for m in recorded)
+        self.progress(recorded)
+
+    def _wait(self, seconds: float, issue_id: int) -> None:
+        """Sleep, renewing the lease so a long backoff does not hand the issue to another process."""
+        end = time.monotonic() + max(0.0, seconds)
+        while (left := end - time.monotonic()) > 0:
+            self.sleep(min(left, ledger.LEASE_SECONDS / 4))
+            ledger.renew_lease(self.store, issue_id, self.owner)
+
+
+def next_issue(store: Store | None, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
+               now: datetime) -> ledger.IssueRecord:
+    """The issue a send at `now` would work on, without recording anything: the one already planned for the
+    period, else what planning it now would choose."""
+    period = period_of(now, config)
+    record = ledger.find_issue(store, newsletter.id, period) if store else None
+    if record is None:
+        chosen, number, sizes = planned_posts(store, config, newsletter, posts, now)
+        record = ledger.IssueRecord(0, newsletter.id, period, number, "sending" if chosen else "skipped", now,
+                                    chosen, sizes)
+    return record
+
+
+def send_test_copy(store: Store, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
+                   now: datetime, provider: Provider, address: str) -> SendReport:
+    """One copy of the full digest to `address`, with links that unsubscribe nobody; the ledger is untouched."""
+    record = next_issue(store, config, newsletter, posts, now)
+    report = SendReport(newsletter.id, record.period, mode="test", posts=len(record.posts))
+    digest = Variants(None, config, newsletter, record).for_categories("") if record.posts else None
+    if digest is None:
+        report.skipped_issue = True
+        return report
+    unsubscribe, preferences = Tokens(store.secret()).urls(config.web_base_url, TEST_SUBSCRIBER, newsletter.id)
+    batch = Batch(0, f"{newsletter.id}-{record.period}-test", newsletter.id, newsletter.title, digest,
+                  (Envelope(0, Recipient(address, "", unsubscribe, preferences)),), config.delivery.from_addr,
+                  config.delivery.reply_to, now)
+    with provider:
+        outcome = provider.send(batch)[0]
+    report.counts[outcome.status] += 1
+    if outcome.status != "sent":
+        raise NewsletterError(f"the test copy to {address} was not sent: {outcome.detail}")
+    return report
+
+
+def dry_run(store: Store, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
+            now: datetime) -> SendReport:
+    """Plan and render as a send would, and count who would get which variant; nothing is written or sent."""
+    record = next_issue(store, config, newsletter, posts, now)
+    report = SendReport(newsletter.id, record.period, record.id or None, record.number, mode="dry-run",
+                        posts=len(record.posts), skipped_issue=not record.posts)
+    if not record.posts:
+        return report
+    variants = Variants(None, config, newsletter, record)
+    for stored, count in ledger.audience(store, newsletter.id):
+        report.counts["would send" if variants.for_categories(stored) else "would skip"] += count
+    report.variants = variants.rendered
+    return report

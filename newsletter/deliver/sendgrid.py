@@ -1,0 +1,166 @@
+"""The SendGrid provider: v3 Mail Send through the `sendgrid` package, up to 1000 personalizations a request.
+
+The HTML and text of a variant go once per request; each subscriber is one personalization carrying their
+address, substitutions for their personal fields (escaped for HTML, text and the Subject separately), their
+List-Unsubscribe headers, and custom_args naming the issue and delivery. How answers are classified:
+- 202 (or 200 in sandbox mode): sent; X-Message-Id is kept.
+- 429 and 5xx: not taken; retried after X-RateLimit-Reset or Retry-After when given.
+- 400 naming personalizations: those recipients failed with SendGrid's message; the others go again.
+- 413: the request was too large; sent again in halves.
+- any other 400, 401, 403: the send stops with SendGrid's words, the batch left pending.
+- a connection error before the request went out: retried; after it went (no answer): unknown.
+The API key comes from SENDGRID_API_KEY and is never printed.
+"""
+
+from __future__ import annotations
+
+import html
+import http.client
+import json
+import os
+import re
+import time
+import urllib.error
+from email.utils import parseaddr
+
+from python_http_client.exceptions import HTTPError
+from sendgrid import SendGridAPIClient
+
+from ..config import SendgridConfig
+from ..message import header_text
+from ..render import PERSONAL_FIELDS, marker
+from .base import Batch, Outcome, Provider, RetryBatch, SplitBatch, StopSend
+
+KEY_VARIABLE = "SENDGRID_API_KEY"
+_PERSONALIZATION = re.compile(r"^personalizations\.(\d+)")
+_ESCAPES = {"html": lambda v: html.escape(v, quote=True), "text": lambda v: v, "subj": header_text}
+
+
+def _tag(context: str, field: str) -> str:
+    return f"%nl_{context}_{field}%"
+
+
+def _address(text: str) -> dict[str, str]:
+    name, email = parseaddr(header_text(text))
+    return {"email": email, "name": name} if name else {"email": email}
+
+
+class SendgridProvider(Provider):
+    name = "sendgrid"
+
+    def __init__(self, config: SendgridConfig, api_key: str | None = None):
+        self.config = config
+        self.batch_size = config.batch_size
+        self.api_key = api_key if api_key is not None else os.environ.get(KEY_VARIABLE)
+        if not self.api_key:
+            raise StopSend(f"the sendgrid provider needs an API key in the environment variable {KEY_VARIABLE}")
+        self.client = SendGridAPIClient(api_key=self.api_key, host=config.api_host)
+
+    def payload(self, batch: Batch) -> dict:
+        """The Mail Send request body for one batch (it validates against SendGrid's published schema)."""
+        digest = batch.digest
+        used = {f for f in PERSONAL_FIELDS if marker(f) in digest.html + digest.text + digest.subject}
+
+        def tagged(text: str, context: str) -> str:
+            for field in used:
+                text = text.replace(marker(field), _tag(context, field))
+            return text
+
+        personalizations = []
+        for envelope in batch.envelopes:
+            recipient = envelope.recipient
+            values = {f: str(getattr(recipient, f) or "") for f in used}
+            personalization = {
+                "to": [_address(f"{header_text(recipient.name)} <{recipient.email}>" if recipient.name
+                                else recipient.email)],
+                "custom_args": {"issue_id": str(batch.issue_id), "delivery_id": str(envelope.delivery_id)},
+            }
+            if used:
+                personalization["substitutions"] = {
+                    _tag(context, f): escape(values[f]) for context, escape in _ESCAPES.items() for f in used}
+            if recipient.unsubscribe_url:
+                personalization["headers"] = {
+                    "List-Unsubscribe": f"<{header_text(recipient.unsubscribe_url)}>",
+                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                }
+            personalizations.append(personalization)
+        body = {
+            "personalizations": personalizations,
+            "from": _address(batch.sender),
+            "subject": tagged(header_text(digest.subject), "subj") or batch.newsletter_title,
+            "content": [{"type": "text/plain", "value": tagged(digest.text, "text")},
+                        {"type": "text/html", "value": tagged(digest.html, "html")}],
+            "categories": [batch.newsletter_id],
+            "headers": {"List-Id": f"{header_text(batch.newsletter_title)} <{batch.newsletter_id}."
+                                   f"{_address(batch.sender)['email'].rpartition('@')[2]}>"},
+        }
+        if batch.reply_to:
+            body["reply_to"] = _address(batch.reply_to)
+        return body
+
+    def send(self, batch: Batch) -> list[Outcome]:
+        try:
+            response = self.client.client.mail.send.post(request_body=self.payload(batch),
+                                                         timeout=self.config.timeout)
+        except HTTPError as err:
+            return self._refused(err, batch)
+        except urllib.error.URLError as err:
+            raise RetryBatch(f"SendGrid at {self.config.api_host} could not be reached: {err.reason}") from err
+        except (OSError, http.client.HTTPException) as err:
+            return [Outcome.unknown(f"the request to SendGrid went out but no answer came back: {err!r}")
+                    for _ in batch.envelopes]
+        message_id = _header(response.headers, "X-Message-Id")
+        return [Outcome.sent(message_id) for _ in batch.envelopes]
+
+    def _refused(self, err: HTTPError, batch: Batch) -> list[Outcome]:
+        status = err.status_code
+        errors = _errors(err.body)
+        words = "; ".join(e.get("message") or "" for e in errors) or str(err.reason)
+        if status == 429:
+            raise RetryBatch(f"SendGrid rate limit (429): {words}", _wait(err.headers))
+        if status >= 500:
+            raise RetryBatch(f"SendGrid answered {status}: {words}", _wait(err.headers))
+        if status == 413:
+            if len(batch.envelopes) == 1:
+                return [Outcome.failed(f"SendGrid 413: the message is too large ({words})")]
+            raise SplitBatch(words)
+        if status == 400:
+            named = {}
+            for e in errors:
+                match = _PERSONALIZATION.match(str(e.get("field") or ""))
+                if match is None:
+                    named = {}
+                    break
+                named[int(match.group(1))] = e.get("message") or "rejected"
+            if named and all(i < len(batch.envelopes) for i in named):
+                return [Outcome.failed(f"SendGrid 400: {named[i]}") if i in named
+                        else Outcome.retry("sent again without a rejected recipient", after=0)
+                        for i in range(len(batch.envelopes))]
+        raise StopSend(f"SendGrid refused the request ({status}): {words}")
+
+
+def _errors(body: bytes | str | None) -> list[dict]:
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return []
+    found = data.get("errors") if isinstance(data, dict) else None
+    return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
+
+
+def _header(headers, name: str) -> str | None:
+    if headers is None:
+        return None
+    value = headers.get(name)
+    return str(value) if value is not None else None
+
+
+def _wait(headers) -> float | None:
+    """Seconds to wait, from Retry-After (seconds) or X-RateLimit-Reset (a Unix time)."""
+    retry_after = _header(headers, "Retry-After")
+    if retry_after and retry_after.strip().isdigit():
+        return float(retry_after)
+    reset = _header(headers, "X-RateLimit-Reset")
+    if reset and reset.strip().isdigit():
+        return max(0.0, float(reset) - time.time())
+    return None

@@ -1,0 +1,353 @@
+"""The delivery ledger: an issue is planned once per newsletter and period, with one delivery row per subscriber.
+
+The rules that make sends exactly-once and resumable live here:
+- an issue is unique per (newsletter, period); planning it again finds the one already planned;
+- its posts are frozen when it is planned, and its delivery rows are written in the same transaction;
+- a batch is claimed (status `sending`) and committed before the provider is called, and marked after;
+- one process at a time works an issue, holding a lease; a process that takes over from a dead one turns that
+  one's in-flight rows into `unknown`, which are never resent unless the operator asks (`--retry-unknown`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from .errors import NewsletterError
+from .posts import Post
+from .store import Store, as_utc, deliveries, issue_posts, issues, subscribers, subscriptions, utcnow, variants
+
+DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "skipped")
+FINAL = ("sent", "failed", "skipped")
+LEASE_SECONDS = 120
+
+
+class SendBusy(NewsletterError):
+    """Another live process is sending this issue."""
+
+
+class LeaseLost(NewsletterError):
+    """The lease on an issue passed to another process (this one stalled past its expiry)."""
+
+
+@dataclass(frozen=True)
+class IssueRecord:
+    id: int
+    newsletter: str
+    period: str
+    number: int
+    status: str
+    reference_time: datetime
+    posts: tuple[Post, ...]
+    image_sizes: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str
+    subscriber_status: str
+    categories: str | None  # None: no longer subscribed to this newsletter
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What happened to one delivery: a final status, `pending` to try again, or `unknown`."""
+
+    delivery_id: int
+    status: str
+    error: str | None = None
+    message_id: str | None = None
+    retry_after: float | None = None
+
+
+def _record(row: sa.Row) -> IssueRecord:
+    frozen = json.loads(row.posts)
+    return IssueRecord(
+        id=row.id, newsletter=row.newsletter, period=row.period, number=row.number, status=row.status,
+        reference_time=as_utc(row.reference_time), posts=tuple(Post.thaw(p) for p in frozen["posts"]),
+        image_sizes={k: tuple(v) for k, v in frozen["image_sizes"].items()},
+    )  # fmt: skip
+
+
+def find_issue(store: Store, newsletter: str, period: str) -> IssueRecord | None:
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(issues).where((issues.c.newsletter == newsletter) & (issues.c.period == period)))
+        found = row.first()
+    return _record(found) if found else None
+
+
+def get_issue(store: Store, issue_id: int) -> IssueRecord | None:
+    with store.engine.connect() as conn:
+        found = conn.execute(sa.select(issues).where(issues.c.id == issue_id)).first()
+    return _record(found) if found else None
+
+
+def carried_posts(store: Store, newsletter: str) -> tuple[set[str], int]:
+    """The posts earlier issues of `newsletter` carried, and how many issues were not skipped."""
+    with store.engine.connect() as conn:
+        keys = conn.execute(sa.select(issue_posts.c.post_key).join(issues, issues.c.id == issue_posts.c.issue_id)
+                            .where(issues.c.newsletter == newsletter)).scalars().all()
+        sent = conn.execute(sa.select(sa.func.count()).select_from(issues).where(
+            (issues.c.newsletter == newsletter) & (issues.c.status != "skipped"))).scalar_one()
+    return set(keys), sent
+
+
+def record_issue(store: Store, *, newsletter: str, period: str, number: int, posts: tuple[Post, ...],
+                 image_sizes: dict[str, tuple[int, int]], reference_time: datetime) -> tuple[IssueRecord, bool]:
+    """Create the issue with its frozen posts and its delivery rows, all in one transaction; when another
+    process created it first, return that one. Returns (issue, created)."""
+    frozen = json.dumps({"posts": [p.freeze() for p in posts], "image_sizes": image_sizes}, ensure_ascii=False)
+    status = "sending" if posts else "skipped"
+    try:
+        with store.engine.begin() as conn:
+            issue_id = conn.execute(issues.insert().values(
+                newsletter=newsletter, period=period, number=number, status=status, planned_at=utcnow(),
+                reference_time=reference_time, posts=frozen).returning(issues.c.id)).scalar_one()
+            if posts:
+                conn.execute(issue_posts.insert(), [{"issue_id": issue_id, "post_key": p.key, "position": i}
+                                                    for i, p in enumerate(posts)])
+                audience = (
+                    sa.select(sa.literal(issue_id), subscriptions.c.subscriber_id, sa.literal("pending"),
+                              sa.literal(0))
+                    .join(subscribers, subscribers.c.id == subscriptions.c.subscriber_id)
+                    .where((subscriptions.c.newsletter == newsletter) & (subscribers.c.status == "active"))
+                    .order_by(subscriptions.c.subscriber_id)
+                )
+                conn.execute(deliveries.insert().from_select(
+                    ["issue_id", "subscriber_id", "status", "attempts"], audience))
+    except IntegrityError:
+        existing = find_issue(store, newsletter, period)
+        if existing is None:
+            raise
+        return existing, False
+    return find_issue(store, newsletter, period), True
+
+
+def lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _owner_is_dead(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def acquire_lease(store: Store, issue_id: int, owner: str) -> None:
+    """Take the issue for this process; SendBusy when a live process holds it."""
+    for _ in range(5):
+        now = utcnow()
+        with store.engine.begin() as conn:
+            row = conn.execute(sa.select(issues.c.lease_owner, issues.c.lease_expires)
+                               .where(issues.c.id == issue_id)).one()
+            held, expires = row.lease_owner, as_utc(row.lease_expires)
+            if held and expires and expires > now and not _owner_is_dead(held):
+                left = int((expires - now).total_seconds())
+                raise SendBusy(f"issue {issue_id} is being sent by {held.rsplit(':', 1)[0]} (host:pid); "
+                               f"its lease ends within {left} s if that process has died")
+            same = issues.c.lease_owner.is_(None) if held is None else issues.c.lease_owner == held
+            taken = conn.execute(issues.update().where((issues.c.id == issue_id) & same).values(
+                lease_owner=owner, lease_expires=now + timedelta(seconds=LEASE_SECONDS))).rowcount
+            if taken:
+                return
+    raise SendBusy(f"issue {issue_id}: could not take the lease; another process keeps taking it")
+
+
+def renew_lease(store: Store, issue_id: int, owner: str) -> None:
+    with store.engine.begin() as conn:
+        kept = conn.execute(issues.update().where((issues.c.id == issue_id) & (issues.c.lease_owner == owner))
+                            .values(lease_expires=utcnow() + timedelta(seconds=LEASE_SECONDS))).rowcount
+    if not kept:
+        raise LeaseLost(f"issue {issue_id}: another process took over the send; this one stops")
+
+
+def release_lease(store: Store, issue_id: int, owner: str) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(issues.update().where((issues.c.id == issue_id) & (issues.c.lease_owner == owner))
+                     .values(lease_owner=None, lease_expires=None))
+
+
+def recover_in_flight(store: Store, issue_id: int) -> int:
+    """Rows left `sending` by a process that died mid-batch: the provider may have taken them, so they become
+    `unknown` and are never resent on our own. Only called while holding the lease."""
+    with store.engine.begin() as conn:
+        return conn.execute(deliveries.update().where(
+            (deliveries.c.issue_id == issue_id) & (deliveries.c.status == "sending")).values(
+            status="unknown", claim=None, updated_at=utcnow(),
+            last_error="in flight when an earlier send stopped; the provider may or may not have it")).rowcount
+
+
+def retry_unknown(store: Store, issue_id: int) -> int:
+    """On the operator's word: make `unknown` deliveries pending again."""
+    with store.engine.begin() as conn:
+        return conn.execute(deliveries.update().where(
+            (deliveries.c.issue_id == issue_id) & (deliveries.c.status == "unknown")).values(
+            status="pending", next_attempt_at=None, updated_at=utcnow())).rowcount
+
+
+def claim(store: Store, issue_id: int, newsletter: str, limit: int, token: str) -> list[Claimed]:
+    """Mark up to `limit` due pending deliveries `sending` for this batch and commit, before any provider
+    call; returns them with their subscriber's current status and categories."""
+    now = utcnow()
+    due = (sa.select(deliveries.c.id)
+           .where((deliveries.c.issue_id == issue_id) & (deliveries.c.status == "pending")
+                  & (deliveries.c.next_attempt_at.is_(None) | (deliveries.c.next_attempt_at <= now)))
+           .order_by(deliveries.c.id).limit(limit))  # fmt: skip
+    if store.dialect == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    with store.engine.begin() as conn:
+        ids = conn.execute(deliveries.update().where(
+            deliveries.c.id.in_(due.scalar_subquery()) & (deliveries.c.status == "pending")).values(
+            status="sending", claim=token, attempts=deliveries.c.attempts + 1, updated_at=now)
+            .returning(deliveries.c.id)).scalars().all()
+        if not ids:
+            return []
+        rows = conn.execute(
+            sa.select(deliveries.c.id, deliveries.c.subscriber_id, subscribers.c.email, subscribers.c.name,
+                      subscribers.c.status, subscriptions.c.categories)
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .outerjoin(subscriptions, (subscriptions.c.subscriber_id == deliveries.c.subscriber_id)
+                       & (subscriptions.c.newsletter == newsletter))
+            .where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)).all()
+    return [Claimed(*row) for row in rows]
+
+
+def mark(store: Store, marks: list[Mark], *, max_attempts: int, retry_delay: float) -> list[Mark]:
+    """Record what the provider said. A retry past `max_attempts` becomes `failed`; returns the marks as
+    recorded. Rows are written in bulk: one statement per distinct outcome."""
+    if not marks:
+        return []
+    now = utcnow()
+    with store.engine.begin() as conn:
+        attempts = dict(conn.execute(sa.select(deliveries.c.id, deliveries.c.attempts).where(
+            deliveries.c.id.in_([m.delivery_id for m in marks if m.status == "pending"]))).all())
+        final = []
+        for m in marks:
+            if m.status == "pending" and attempts.get(m.delivery_id, 0) >= max_attempts:
+                m = Mark(m.delivery_id, "failed", f"gave up after {max_attempts} attempts: {m.error}")
+            final.append(m)
+        groups: dict[tuple, list[int]] = {}
+        retries = []
+        for m in final:
+            if m.status == "pending":
+                tried = attempts.get(m.delivery_id, 1)
+                delay = m.retry_after if m.retry_after is not None else retry_delay * 2 ** (tried - 1)
+                delay *= random.uniform(1.0, 1.25) if m.retry_after is None else 1.0
+                retries.append({"b_id": m.delivery_id, "b_error": m.error,
+                                "b_next": now + timedelta(seconds=delay)})
+            else:
+                groups.setdefault((m.status, m.error, m.message_id), []).append(m.delivery_id)
+        for (status, error, message_id), ids in groups.items():
+            conn.execute(deliveries.update().where(deliveries.c.id.in_(ids)).values(
+                status=status, last_error=error, message_id=message_id, claim=None, updated_at=now))
+        if retries:
+            conn.execute(deliveries.update().where(deliveries.c.id == sa.bindparam("b_id")).values(
+                status="pending", last_error=sa.bindparam("b_error"), next_attempt_at=sa.bindparam("b_next"),
+                claim=None, updated_at=now), retries)
+    return final
+
+
+def release(store: Store, delivery_ids: list[int]) -> None:
+    """Give claimed rows back untried (the send stopped before the provider took them)."""
+    if not delivery_ids:
+        return
+    with store.engine.begin() as conn:
+        conn.execute(deliveries.update().where(deliveries.c.id.in_(delivery_ids) & (deliveries.c.status == "sending"))
+                     .values(status="pending", claim=None, attempts=deliveries.c.attempts - 1,
+                             updated_at=utcnow()))
+
+
+def next_retry(store: Store, issue_id: int) -> datetime | None:
+    """When the earliest pending delivery is due, or None when nothing is pending."""
+    with store.engine.connect() as conn:
+        return as_utc(conn.execute(sa.select(sa.func.min(sa.func.coalesce(deliveries.c.next_attempt_at, utcnow())))
+                                   .where((deliveries.c.issue_id == issue_id)
+                                          & (deliveries.c.status == "pending"))).scalar())
+
+
+def finish(store: Store, issue_id: int) -> None:
+    """Mark the issue done once nothing is left to try (unknowns stay listed for the operator)."""
+    with store.engine.begin() as conn:
+        open_rows = conn.execute(sa.select(sa.func.count()).select_from(deliveries).where(
+            (deliveries.c.issue_id == issue_id) & deliveries.c.status.in_(["pending", "sending"]))).scalar_one()
+        conn.execute(issues.update().where(issues.c.id == issue_id).values(
+            status="sending" if open_rows else "done"))
+
+
+def counts(store: Store, issue_id: int) -> Counter:
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(deliveries.c.status, sa.func.count()).where(deliveries.c.issue_id == issue_id)
+                            .group_by(deliveries.c.status)).all()
+    return Counter(dict(rows))
+
+
+def list_issues(store: Store) -> list[dict]:
+    """Every issue with its counts per delivery status, newest first."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(issues.c.id, issues.c.newsletter, issues.c.period, issues.c.number,
+                                      issues.c.status).order_by(issues.c.id.desc())).all()
+        tallies = conn.execute(sa.select(deliveries.c.issue_id, deliveries.c.status, sa.func.count())
+                               .group_by(deliveries.c.issue_id, deliveries.c.status)).all()
+    by_issue: dict[int, dict[str, int]] = {}
+    for issue_id, status, n in tallies:
+        by_issue.setdefault(issue_id, {})[status] = n
+    return [{"id": r.id, "newsletter": r.newsletter, "period": r.period, "number": r.number, "status": r.status,
+             "counts": by_issue.get(r.id, {})} for r in rows]
+
+
+def open_deliveries(store: Store, issue_id: int) -> list[dict]:
+    """Every delivery of the issue not in status sent, with the subscriber's address and the last error."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(deliveries.c.id, subscribers.c.email, deliveries.c.status,
+                                      deliveries.c.last_error, deliveries.c.attempts)
+                            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                            .where((deliveries.c.issue_id == issue_id) & (deliveries.c.status != "sent"))
+                            .order_by(deliveries.c.id)).all()
+    return [{"delivery": r.id, "email": r.email, "status": r.status, "error": r.last_error,
+             "attempts": r.attempts} for r in rows]
+
+
+def audience(store: Store, newsletter: str) -> list[tuple[str, int]]:
+    """How many active subscribers of `newsletter` chose each set of categories (stored form)."""
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(subscriptions.c.categories, sa.func.count())
+            .join(subscribers, subscribers.c.id == subscriptions.c.subscriber_id)
+            .where((subscriptions.c.newsletter == newsletter) & (subscribers.c.status == "active"))
+            .group_by(subscriptions.c.categories)).all()]
+
+
+def save_variant(store: Store, issue_id: int, key: str, post_keys: list[str], subject: str, html: str,
+                 text: str) -> None:
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(variants.insert().values(issue_id=issue_id, key=key, post_keys=json.dumps(post_keys),
+                                                  subject=subject, html=html, text=text))
+    except IntegrityError:
+        pass  # rendered and stored by another run already; theirs is the frozen one
+
+
+def load_variant(store: Store, issue_id: int, key: str) -> sa.Row | None:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(variants).where((variants.c.issue_id == issue_id) & (variants.c.key == key))
+                            ).first()

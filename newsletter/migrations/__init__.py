@@ -1,0 +1,1 @@
+"""Alembic migrations of the store, applied in order by `newsletter.store.open_store`."""

@@ -1,0 +1,347 @@
+"""Subscribers: who gets which newsletter, in which categories, and who must never be emailed again.
+
+Addresses are checked for syntax only (email-validator, no DNS), normalised, and unique case-insensitively.
+A CSV import is validated whole before anything is written: every bad row is reported with its line and
+reason, and by default nothing is imported while any row is bad. Someone who unsubscribed, bounced or
+complained is never made active again by an import unless the operator says --resubscribe.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TextIO
+
+import sqlalchemy as sa
+from email_validator import EmailNotValidError, validate_email
+
+from .config import Config
+from .errors import NewsletterError, Problem
+from .store import Store, as_utc, subscribers, subscriptions
+
+STATUSES = ("active", "unsubscribed", "bounced", "complained")
+COLUMNS = ("email", "name", "newsletters", "categories", "status")
+CHUNK = 500
+
+
+class ImportRejected(NewsletterError):
+    """An import with bad rows and no --skip-invalid: nothing was written."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} invalid row(s); nothing was imported (--skip-invalid imports the rest)")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One validated subscriber row: categories are per newsletter, an empty tuple meaning all."""
+
+    line: int
+    email: str
+    name: str
+    status: str
+    newsletters: dict[str, tuple[str, ...]]
+
+
+@dataclass
+class Subscriber:
+    id: int
+    email: str
+    name: str
+    status: str
+    source: str
+    created_at: datetime
+    updated_at: datetime
+    newsletters: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    kept_unsubscribed: list[str] = field(default_factory=list)
+    invalid: list[Problem] = field(default_factory=list)
+
+
+def normalise_email(text: str) -> str:
+    """The normalised form of an address, or ValueError saying what is wrong with it."""
+    if "\r" in text or "\n" in text:
+        raise ValueError("contains a line break")
+    try:
+        return validate_email(text.strip(), check_deliverability=False, allow_smtputf8=False).normalized
+    except EmailNotValidError as err:
+        raise ValueError(f"{text.strip()!r} is not a valid address: {err}") from None
+
+
+def email_key(address: str) -> str:
+    return address.casefold()
+
+
+def encode_categories(categories: Iterable[str]) -> str:
+    return ";".join(categories)
+
+
+def decode_categories(stored: str) -> tuple[str, ...]:
+    return tuple(c for c in stored.split(";") if c)
+
+
+class RowChecker:
+    """Validates subscriber rows against the configured newsletters, remembering addresses already seen."""
+
+    def __init__(self, config: Config, default_newsletters: tuple[str, ...] = ()):
+        self.config = config
+        self.default_newsletters = default_newsletters
+        self.seen: dict[str, int] = {}
+
+    def check(self, line: int, fields: dict[str, str]) -> Row | str:
+        """A valid Row, or the reason the row is invalid."""
+        for column, value in fields.items():
+            if "\r" in value or "\n" in value:
+                return f"the {column} field contains a line break"
+        try:
+            address = normalise_email(fields.get("email", ""))
+        except ValueError as err:
+            return str(err)
+        if (first := self.seen.get(email_key(address))) is not None:
+            return f"duplicate of line {first} ({address})"
+        status = (fields.get("status") or "active").strip().lower()
+        if status not in STATUSES:
+            return f"status {status!r} must be one of {', '.join(STATUSES)}"
+        ids = [n.strip() for n in (fields.get("newsletters") or "").split(";") if n.strip()]
+        ids = ids or list(self.default_newsletters)
+        if not ids:
+            return "no newsletter: fill the newsletters column or pass --newsletter"
+        unknown = [n for n in ids if n not in self.config.newsletters]
+        if unknown:
+            return f"unknown newsletter {unknown[0]!r} (known: {', '.join(sorted(self.config.newsletters))})"
+        chosen, why = self._categories(fields.get("categories") or "", ids)
+        if why:
+            return why
+        self.seen[email_key(address)] = line
+        return Row(line, address, (fields.get("name") or "").strip(), status, chosen)
+
+    def _categories(self, cell: str, ids: list[str]) -> tuple[dict[str, tuple[str, ...]], str | None]:
+        chosen: dict[str, list[str]] = {n: [] for n in ids}
+        for item in (c.strip() for c in cell.split(";")):
+            if not item:
+                continue
+            newsletter, _, category = item.rpartition(":")
+            targets = [newsletter] if newsletter else ids
+            if newsletter and newsletter not in chosen:
+                return {}, f"category {item!r} names newsletter {newsletter!r}, which this row does not list"
+            for target in targets:
+                offered = self.config.newsletters[target].categories
+                match = next((c for c in offered if c.casefold() == category.casefold()), None)
+                if offered and match is None:
+                    return {}, (f"category {category!r} is not one of newsletter {target!r}'s categories "
+                                f"({', '.join(offered)})")
+                name = match or category
+                if name.casefold() not in (c.casefold() for c in chosen[target]):
+                    chosen[target].append(name)
+        return {n: tuple(c) for n, c in chosen.items()}, None
+
+
+def read_csv(stream: TextIO, checker: RowChecker, where: str) -> tuple[list[Row], list[Problem]]:
+    """Every valid row and every problem of a subscriber CSV; the header names the columns."""
+    reader = csv.reader(stream)
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        return [], [Problem(where, "the file is empty; the first row must name the columns", 1)]
+    except csv.Error as err:
+        return [], [Problem(where, f"not a CSV file: {err}", 1)]
+    problems = [Problem(where, f"unknown column {h!r} (columns: {', '.join(COLUMNS)})", 1)
+                for h in header if h not in COLUMNS]
+    if "email" not in header:
+        problems.append(Problem(where, "no email column; the first row must name the columns", 1))
+    if problems:
+        return [], problems
+    rows = []
+    line = reader.line_num
+    while True:
+        line = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            problems.append(Problem(where, f"cannot be read as CSV: {err}", line))
+            continue
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            problems.append(Problem(where, f"has {len(values)} fields; the header has {len(header)}", line))
+            continue
+        result = checker.check(line, dict(zip(header, values)))
+        if isinstance(result, str):
+            problems.append(Problem(where, result, line))
+        else:
+            rows.append(result)
+    return rows, problems
+
+
+def import_rows(store: Store, rows: list[Row], now: datetime, *, source: str, resubscribe: bool) -> ImportReport:
+    """Upsert validated rows in chunks, in one transaction; idempotent."""
+    report = ImportReport()
+    with store.engine.begin() as conn:
+        for start in range(0, len(rows), CHUNK):
+            _import_chunk(conn, rows[start : start + CHUNK], now, source, resubscribe, report)
+    return report
+
+
+def _import_chunk(conn, rows: list[Row], now: datetime, source: str, resubscribe: bool,
+                  report: ImportReport) -> None:
+    keys = [email_key(r.email) for r in rows]
+    existing = {r.email_key: r for r in conn.execute(sa.select(subscribers).where(subscribers.c.email_key.in_(keys)))}
+    new = [r for r in rows if email_key(r.email) not in existing]
+    if new:
+        conn.execute(subscribers.insert(), [
+            {"email": r.email, "email_key": email_key(r.email), "name": r.name, "status": r.status,
+             "source": source, "created_at": now, "updated_at": now} for r in new])
+        report.added += len(new)
+    ids = dict(conn.execute(sa.select(subscribers.c.email_key, subscribers.c.id)
+                            .where(subscribers.c.email_key.in_(keys))).all())
+    held = {(s.subscriber_id, s.newsletter): s.categories for s in conn.execute(
+        sa.select(subscriptions).where(subscriptions.c.subscriber_id.in_(ids.values())))}
+    inserts = []
+    for row in rows:
+        key = email_key(row.email)
+        before = existing.get(key)
+        if before is not None and before.status != "active" and row.status == "active" and not resubscribe:
+            report.kept_unsubscribed.append(row.email)
+            continue
+        changed = before is not None and (before.status != row.status or (row.name and row.name != before.name))
+        if changed:
+            conn.execute(subscribers.update().where(subscribers.c.id == before.id).values(
+                status=row.status, name=row.name or before.name, updated_at=now))
+        for newsletter, categories in row.newsletters.items():
+            stored = encode_categories(categories)
+            previous = held.get((ids[key], newsletter))
+            if previous is None:
+                inserts.append({"subscriber_id": ids[key], "newsletter": newsletter, "categories": stored,
+                                "created_at": now})
+                changed = changed or before is not None
+            elif previous != stored:
+                conn.execute(subscriptions.update().where(
+                    (subscriptions.c.subscriber_id == ids[key]) & (subscriptions.c.newsletter == newsletter)
+                ).values(categories=stored))
+                changed = True
+        if before is not None:
+            report.updated += changed
+            report.unchanged += not changed
+    if inserts:
+        conn.execute(subscriptions.insert(), inserts)
+
+
+def import_csv(store: Store, config: Config, stream: TextIO, where: str, now: datetime, *,
+               newsletter: str | None = None, skip_invalid: bool = False, resubscribe: bool = False) -> ImportReport:
+    if newsletter is not None:
+        config.newsletter(newsletter)
+    checker = RowChecker(config, (newsletter,) if newsletter else ())
+    rows, problems = read_csv(stream, checker, where)
+    if problems and not skip_invalid:
+        raise ImportRejected(problems)
+    report = import_rows(store, rows, now, source="import", resubscribe=resubscribe)
+    report.invalid = problems
+    return report
+
+
+def export_csv(store: Store, out: TextIO) -> int:
+    """Write every subscriber with status and subscriptions; categories as newsletter:category, so the file
+    imports back into an empty store unchanged. Streams: memory does not grow with the list."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    count = 0
+    for subscriber in iter_subscribers(store):
+        categories = [f"{n}:{c}" for n, cs in subscriber.newsletters.items() for c in cs]
+        writer.writerow([subscriber.email, subscriber.name, ";".join(subscriber.newsletters),
+                         ";".join(categories), subscriber.status])
+        count += 1
+    return count
+
+
+def iter_subscribers(store: Store, *, newsletter: str | None = None, status: str | None = None,
+                     category: str | None = None) -> Iterator[Subscriber]:
+    """Subscribers in id order, with their subscriptions, read a chunk at a time."""
+    last = 0
+    while True:
+        query = sa.select(subscribers).where(subscribers.c.id > last).order_by(subscribers.c.id).limit(CHUNK)
+        if status:
+            query = query.where(subscribers.c.status == status)
+        if newsletter:
+            query = query.where(subscribers.c.id.in_(
+                sa.select(subscriptions.c.subscriber_id).where(subscriptions.c.newsletter == newsletter)))
+        with store.engine.connect() as conn:
+            chunk = conn.execute(query).all()
+            if not chunk:
+                return
+            held: dict[int, dict[str, tuple[str, ...]]] = {}
+            for s in conn.execute(sa.select(subscriptions).where(
+                    subscriptions.c.subscriber_id.in_([r.id for r in chunk])).order_by(subscriptions.c.newsletter)):
+                held.setdefault(s.subscriber_id, {})[s.newsletter] = decode_categories(s.categories)
+        for r in chunk:
+            found = Subscriber(r.id, r.email, r.name, r.status, r.source, as_utc(r.created_at), as_utc(r.updated_at),
+                               held.get(r.id, {}))
+            if category and not _takes(found, category, newsletter):
+                continue
+            yield found
+        last = chunk[-1].id
+
+
+def _takes(subscriber: Subscriber, category: str, newsletter: str | None) -> bool:
+    wanted = category.casefold()
+    for name, categories in subscriber.newsletters.items():
+        if newsletter and name != newsletter:
+            continue
+        if not categories or wanted in (c.casefold() for c in categories):
+            return True
+    return False
+
+
+def find(store: Store, address: str) -> Subscriber | None:
+    try:
+        key = email_key(normalise_email(address))
+    except ValueError:
+        key = email_key(address.strip())
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(subscribers.c.id).where(subscribers.c.email_key == key)).first()
+    if row is None:
+        return None
+    return next(s for s in iter_subscribers_by_ids(store, [row.id]))
+
+
+def iter_subscribers_by_ids(store: Store, ids: list[int]) -> Iterator[Subscriber]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(subscribers).where(subscribers.c.id.in_(ids))).all()
+        held: dict[int, dict[str, tuple[str, ...]]] = {}
+        for s in conn.execute(sa.select(subscriptions).where(subscriptions.c.subscriber_id.in_(ids))):
+            held.setdefault(s.subscriber_id, {})[s.newsletter] = decode_categories(s.categories)
+    for r in rows:
+        yield Subscriber(r.id, r.email, r.name, r.status, r.source, as_utc(r.created_at), as_utc(r.updated_at),
+                         held.get(r.id, {}))
+
+
+def set_status(store: Store, address: str, status: str, now: datetime) -> Subscriber:
+    """Record a status change (remove = unsubscribed); the subscriptions stay on record."""
+    found = find(store, address)
+    if found is None:
+        raise NewsletterError(f"no subscriber {address!r}")
+    with store.engine.begin() as conn:
+        conn.execute(subscribers.update().where(subscribers.c.id == found.id).values(status=status, updated_at=now))
+    found.status = status
+    return found
+
+
+def add(store: Store, config: Config, address: str, name: str, newsletters: tuple[str, ...],
+        categories: tuple[str, ...], now: datetime, resubscribe: bool = False) -> ImportReport:
+    """Add or update one subscriber, with the same rules as one row of an import."""
+    checker = RowChecker(config)
+    result = checker.check(0, {"email": address, "name": name, "newsletters": ";".join(newsletters),
+                               "categories": ";".join(categories)})
+    if isinstance(result, str):
+        raise NewsletterError(f"cannot add {address!r}: {result}")
+    return import_rows(store, [result], now, source="cli", resubscribe=resubscribe)
+
