@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -44,3 +47,61 @@ def sample_posts(sample_config):
     result = read_posts(sample_config.site, FIXED_NOW)
     assert result.problems == []
     return result.posts
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path, monkeypatch):
+    """No test touches a database, outbox or secret outside its own temporary folder."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path}/isolated.db")
+    for name in ("NEWSLETTER_SECRET_KEY", "SENDGRID_API_KEY", "NEWSLETTER_SMTP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+
+
+POSTGRES_ADMIN_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL")
+
+
+def _postgres_database():
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards (None when no server is set up)."""
+    import sqlalchemy as sa
+
+    if not POSTGRES_ADMIN_URL:
+        if os.environ.get("CI"):
+            pytest.fail("NEWSLETTER_TEST_POSTGRES_URL is not set: .ci/run starts PostgreSQL and sets it")
+        pytest.skip("no PostgreSQL server: set NEWSLETTER_TEST_POSTGRES_URL (.ci/run does)")
+    admin = sa.create_engine(POSTGRES_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1),
+                             isolation_level="AUTOCOMMIT")
+    name = f"nl_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    return admin, name, url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """The URL of an empty database: each test using it runs against SQLite and PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/test.db"
+        return
+    import sqlalchemy as sa
+
+    admin, name, url = _postgres_database()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def env(db_url, tmp_path):
+    """The sample newsletter on a database of its own, with its outbox under tmp_path."""
+    from newsletter.store import open_store
+
+    config = load_config(ROOT / "newsletter.toml")
+    config = dataclasses.replace(config, database_url=db_url,
+                                 delivery=dataclasses.replace(config.delivery, outbox=tmp_path / "outbox",
+                                                              retry_delay=0.0))
+    store = open_store(db_url)
+    yield SimpleNamespace(config=config, store=store, posts=read_posts(config.site, FIXED_NOW).posts,
+                          now=FIXED_NOW, tmp=tmp_path)
+    store.engine.dispose()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -27,14 +28,23 @@ def run(monkeypatch):
     return invoke
 
 
+def all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, command in sorted(group.commands.items()):
+        yield (*prefix, name), command
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*prefix, name))
+
+
 def test_every_command_has_help(run):
-    commands = sorted(cli.commands)
-    assert commands == ["check", "posts", "preview"]
-    for name in commands:
-        result = run(name, "--help")
+    names = [" ".join(path) for path, _ in all_commands(cli)]
+    assert names == ["check", "posts", "preview", "send", "status", "subscribers", "subscribers add",
+                     "subscribers export", "subscribers import", "subscribers list", "subscribers remove",
+                     "subscribers show"]
+    for path, command in all_commands(cli):
+        result = run(*path, "--help")
         assert result.exit_code == 0
-        assert result.output.startswith(f"Usage: cli {name} [OPTIONS]")
-        assert cli.commands[name].help
+        assert result.output.startswith(f"Usage: cli {' '.join(path)} [OPTIONS]")
+        assert command.help
 
 
 def test_posts_json_lists_the_fields_newest_first(run):
@@ -82,9 +92,10 @@ def test_preview_writes_every_newsletter_and_reports_them(run, tmp_path):
     result = run("--now", NOW, "preview", "--out", str(tmp_path))
     assert result.exit_code == 0
     assert result.stderr == (
-        "lab: 6 post(s), sections: Technology (3), Science (3); subject: Harbourlight Lab Notes: 5 January 2026\n"
+        "lab: issue 1, 6 post(s), sections: Technology (3), Science (3); subject: Harbourlight Lab Notes: "
+        "5 January 2026\n"
         f"lab: wrote {tmp_path}/lab.html\n"
-        "weekly: 10 post(s), sections: Culture (2), Science (3), Technology (3), Travel (2); subject: "
+        "weekly: issue 1, 10 post(s), sections: Culture (2), Science (3), Technology (3), Travel (2); subject: "
         "Harbourlight Weekly: Measuring sea level by hand and more\n"
         f"weekly: wrote {tmp_path}/weekly.html\n"
     )

@@ -1,0 +1,185 @@
+"""A local HTTP server that answers POST /v3/mail/send as SendGrid does, for the tests and the benchmark.
+
+It checks the API key, validates every request body against SendGrid's own OpenAPI description of the Mail
+Send request (tests/data/sendgrid, copied with its licence), enforces the documented limits the schema does
+not show, and answers 202 with an X-Message-Id, or SendGrid's `{"errors": [...]}` shapes. A script of faults
+(429 with rate-limit headers, 5xx, 413, a 400 naming one recipient, an answer lost after the request was read,
+a timeout) can be queued for the next requests. `accepted` records every personalization SendGrid would have
+taken, including those of requests whose answer was then lost.
+
+Run alone as a sink: python tests/sendgrid_server.py [--port N] [--no-validate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPEC = Path(__file__).resolve().parent / "data" / "sendgrid" / "tsg_mail_v3.json"
+SCHEMA_POINTER = "#/components/requestBodies/PostMailSend/content/application~1json/schema"
+
+
+def mail_send_validator():
+    """A JSON Schema validator for the Mail Send request body, resolving the description's own $refs."""
+    from jsonschema import Draft7Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT7
+
+    spec = json.loads(SPEC.read_text(encoding="utf-8"))
+    registry = Registry().with_resource("urn:sendgrid-mail", Resource(contents=spec, specification=DRAFT7))
+    return Draft7Validator({"$ref": "urn:sendgrid-mail" + SCHEMA_POINTER}, registry=registry)
+
+
+@dataclass
+class Fault:
+    """What to do with one request instead of accepting it."""
+
+    kind: str  # status, lose_answer, timeout, reject_recipient
+    status: int = 0
+    message: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    email: str = ""
+    seconds: float = 0.0
+
+
+def errors_body(message: str, field_name: str | None = None) -> bytes:
+    return json.dumps({"errors": [{"message": message, "field": field_name, "help": None}]}).encode()
+
+
+class SendgridServer:
+    def __init__(self, api_key: str = "SG.test-key", validate: bool = True, max_request_bytes: int = 30_000_000,
+                 port: int = 0):
+        self.api_key = api_key
+        self.validator = mail_send_validator() if validate else None
+        self.max_request_bytes = max_request_bytes
+        self.faults: deque[Fault] = deque()
+        self.accepted: list[dict] = []
+        self.requests = 0
+        self.violations: list[str] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                owner.handle(self)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> SendgridServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def queue(self, *faults: Fault) -> None:
+        self.faults.extend(faults)
+
+    def emails(self) -> list[str]:
+        return [p["to"][0]["email"] for p in self.accepted]
+
+    def handle(self, request: http.server.BaseHTTPRequestHandler) -> None:
+        with self.lock:
+            self.requests += 1
+            fault = self.faults.popleft() if self.faults else None
+        length = int(request.headers.get("Content-Length") or 0)
+        raw = request.rfile.read(length)
+        if request.path != "/v3/mail/send":
+            return self.answer(request, 404, errors_body("not found"))
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self.answer(request, 401, errors_body("The provided authorization grant is invalid, expired, "
+                                                         "or revoked", None))
+        if length > self.max_request_bytes:
+            return self.answer(request, 413, errors_body("request entity too large"))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self.answer(request, 400, errors_body("Bad Request", None))
+        problem = self.check(body)
+        if problem:
+            with self.lock:
+                self.violations.append(problem)
+            return self.answer(request, 400, errors_body(problem, None))
+        if fault is not None and fault.kind == "status":
+            return self.answer(request, fault.status, errors_body(fault.message or "fault"), fault.headers)
+        if fault is not None and fault.kind == "reject_recipient":
+            for index, personalization in enumerate(body["personalizations"]):
+                if personalization["to"][0]["email"] == fault.email:
+                    field_name = f"personalizations.{index}.to.0.email"
+                    return self.answer(request, 400, errors_body(fault.message or "Does not contain a valid "
+                                                                 "address.", field_name))
+        with self.lock:
+            for personalization in body["personalizations"]:
+                self.accepted.append({**personalization, "subject": body.get("subject"),
+                                      "content": body.get("content"), "from": body.get("from"),
+                                      "categories": body.get("categories")})
+        if fault is not None and fault.kind == "lose_answer":
+            request.close_connection = True
+            request.connection.shutdown(2)
+            return None
+        if fault is not None and fault.kind == "timeout":
+            time.sleep(fault.seconds)
+        return self.answer(request, 202, b"", {"X-Message-Id": uuid.uuid4().hex[:22]})
+
+    def check(self, body: dict) -> str | None:
+        """A schema violation, or one of the documented limits the schema does not show."""
+        if self.validator is not None:
+            error = next(iter(self.validator.iter_errors(body)), None)
+            if error is not None:
+                return f"schema: {error.message} at {'/'.join(str(p) for p in error.absolute_path)}"
+        personalizations = body.get("personalizations") or []
+        recipients = [to["email"].lower() for p in personalizations for to in p.get("to", [])]
+        if len(recipients) > 1000:
+            return "too many recipients: at most 1000 per request"
+        if len(set(recipients)) != len(recipients):
+            return "each email address may appear once per request"
+        for p in personalizations:
+            if len(json.dumps(p.get("custom_args", {}))) > 10_000:
+                return "custom_args must be under 10,000 bytes"
+            if len(json.dumps(p.get("substitutions", {}))) > 10_000:
+                return "substitutions must be at most 10,000 bytes per personalization"
+        return None
+
+    def answer(self, request, status: int, body: bytes, headers: dict | None = None) -> None:
+        request.send_response(status)
+        if body:
+            request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            request.send_header(name, value)
+        request.end_headers()
+        request.wfile.write(body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A local SendGrid Mail Send sink.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key", default="SG.bench-key")
+    parser.add_argument("--no-validate", action="store_true", help="Skip schema validation (for benchmarks).")
+    args = parser.parse_args()
+    server = SendgridServer(api_key=args.api_key, validate=not args.no_validate, port=args.port)
+    print(server.url, flush=True)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The store: created and migrated on open, older databases upgraded without losing rows, one shared secret."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+
+from newsletter.store import MIGRATIONS, make_engine, open_store
+
+
+def test_a_new_database_gets_every_table_at_the_newest_version(db_url):
+    store = open_store(db_url)
+    inspector = sa.inspect(store.engine)
+    assert sorted(inspector.get_table_names()) == ["alembic_version", "deliveries", "issue_posts", "issues",
+                                                   "settings", "subscribers", "subscriptions", "variants"]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+    store.engine.dispose()
+
+
+def test_opening_an_older_database_upgrades_it_and_keeps_its_rows(db_url):
+    engine = make_engine(db_url)
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        alembic.attributes["connection"] = conn
+        command.upgrade(alembic, "0001")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO subscribers (email, email_key, name, status, source, created_at, "
+                             "updated_at) VALUES ('Old@example.org', 'old@example.org', 'Old Timer', 'active', "
+                             "'import', '2024-01-01 00:00:00', '2024-01-01 00:00:00')"))
+        conn.execute(sa.text("INSERT INTO subscriptions (subscriber_id, newsletter, categories, created_at) "
+                             "VALUES (1, 'weekly', 'Science', '2024-01-01 00:00:00')"))
+        assert "deliveries" not in sa.inspect(conn).get_table_names()
+    engine.dispose()
+    store = open_store(db_url)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+        assert conn.execute(sa.text("SELECT email, name, status FROM subscribers")).all() == [
+            ("Old@example.org", "Old Timer", "active")]
+        assert conn.execute(sa.text("SELECT newsletter, categories FROM subscriptions")).all() == [
+            ("weekly", "Science")]
+        assert "deliveries" in sa.inspect(conn).get_table_names()
+    store.engine.dispose()
+
+
+def test_the_secret_is_made_once_and_shared_by_every_opener(db_url, monkeypatch):
+    first = open_store(db_url)
+    second = open_store(db_url)
+    secret = first.secret()
+    assert len(secret) == 64 and secret == second.secret() == first.secret()
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "from-the-environment")
+    assert first.secret() == "from-the-environment"
+    first.engine.dispose()
+    second.engine.dispose()
+
+
+def test_a_bad_database_url_is_a_clear_error(tmp_path):
+    import pytest
+
+    from newsletter.store import StoreError
+
+    with pytest.raises(StoreError, match=r"\[database\] url: cannot use an invalid URL"):
+        open_store("not a url")
+    with pytest.raises(StoreError, match=r"cannot open the database sqlite:///.*/missing/dir/x.db"):
+        (tmp_path / "missing").write_text("a file where a folder should be")
+        open_store(f"sqlite:///{tmp_path}/missing/dir/x.db")
