@@ -216,8 +216,13 @@ def claim(store: Store, issue_id: int, newsletter: str, limit: int, token: str) 
     if store.dialect == "postgresql":
         due = due.with_for_update(skip_locked=True)
     with store.engine.begin() as conn:
+        # Two statements, not UPDATE ... IN (subquery): PostgreSQL may run a SKIP LOCKED subquery more than
+        # once, each time skipping the rows it just locked, and so claim more than `limit` rows.
+        chosen = conn.execute(due).scalars().all()
+        if not chosen:
+            return []
         ids = conn.execute(deliveries.update().where(
-            deliveries.c.id.in_(due.scalar_subquery()) & (deliveries.c.status == "pending")).values(
+            deliveries.c.id.in_(chosen) & (deliveries.c.status == "pending")).values(
             status="sending", claim=token, attempts=deliveries.c.attempts + 1, updated_at=now)
             .returning(deliveries.c.id)).scalars().all()
         if not ids:
