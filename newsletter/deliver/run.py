@@ -255,9 +255,11 @@ class Sender:
 
     def _wait(self, seconds: float, issue_id: int) -> None:
         """Sleep, renewing the lease so a long backoff does not hand the issue to another process."""
-        end = time.monotonic() + max(0.0, seconds)
-        while (left := end - time.monotonic()) > 0:
-            self.sleep(min(left, ledger.LEASE_SECONDS / 4))
+        left = max(0.0, seconds)
+        while left > 0:
+            chunk = min(left, ledger.LEASE_SECONDS / 4)
+            self.sleep(chunk)
+            left -= chunk
             ledger.renew_lease(self.store, issue_id, self.owner)
 
 

@@ -70,9 +70,11 @@ class SendgridProvider(Provider):
         for envelope in batch.envelopes:
             recipient = envelope.recipient
             values = {f: str(getattr(recipient, f) or "") for f in used}
+            to = {"email": recipient.email}
+            if header_text(recipient.name):
+                to["name"] = header_text(recipient.name)
             personalization = {
-                "to": [_address(f"{header_text(recipient.name)} <{recipient.email}>" if recipient.name
-                                else recipient.email)],
+                "to": [to],
                 "custom_args": {"issue_id": str(batch.issue_id), "delivery_id": str(envelope.delivery_id)},
             }
             if used:

@@ -9,10 +9,10 @@ permanent failure; a 4xx is retried later. The password comes from NEWSLETTER_SM
 from __future__ import annotations
 
 import os
+import queue
 import re
 import smtplib
 import ssl
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parseaddr
 
@@ -37,9 +37,7 @@ class SmtpProvider(Provider):
         self.password = password if password is not None else os.environ.get(PASSWORD_VARIABLE)
         if config.username and not self.password:
             raise StopSend(f"[delivery.smtp] username is set but {PASSWORD_VARIABLE} is not in the environment")
-        self._local = threading.local()
-        self._connections: list[smtplib.SMTP] = []
-        self._lock = threading.Lock()
+        self._idle: queue.SimpleQueue[smtplib.SMTP] = queue.SimpleQueue()
         self._pool: ThreadPoolExecutor | None = None
 
     def where(self) -> str:
@@ -48,7 +46,7 @@ class SmtpProvider(Provider):
     def open(self) -> None:
         self._pool = ThreadPoolExecutor(self.config.connections, thread_name_prefix="smtp")
         try:
-            self._connect().noop()  # fail early, and plainly, when the server cannot be reached
+            self._idle.put(self._connect())  # fail early, and plainly, when the server cannot be reached
         except smtplib.SMTPAuthenticationError as err:
             raise StopSend(f"SMTP server {self.where()} refused the login: {_reply(err.smtp_code, err.smtp_error)}"
                            ) from err
@@ -58,12 +56,12 @@ class SmtpProvider(Provider):
     def close(self) -> None:
         if self._pool:
             self._pool.shutdown(wait=True)
-        for connection in self._connections:
+        while not self._idle.empty():
+            connection = self._idle.get()
             try:
                 connection.quit()
             except (OSError, smtplib.SMTPException):
                 connection.close()
-        self._connections.clear()
 
     def _connect(self) -> smtplib.SMTP:
         cfg = self.config
@@ -74,21 +72,10 @@ class SmtpProvider(Provider):
             connection = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
             if cfg.security == "starttls":
                 connection.starttls(context=ssl.create_default_context())
+        connection.ehlo_or_helo_if_needed()
         if cfg.username:
             connection.login(cfg.username, self.password)
-        with self._lock:
-            self._connections.append(connection)
-        self._local.connection = connection
         return connection
-
-    def _drop(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            with self._lock:
-                if connection in self._connections:
-                    self._connections.remove(connection)
-            connection.close()
 
     def send(self, batch: Batch) -> list[Outcome]:
         assert self._pool is not None, "open() the provider first"
@@ -100,52 +87,58 @@ class SmtpProvider(Provider):
         return outcomes
 
     def _send_one(self, batch: Batch, sender: str, envelope: Envelope) -> Outcome:
+        """Send one message on an idle connection (or a new one), and put the connection back if it is sound."""
+        try:
+            connection = self._idle.get_nowait()
+        except queue.Empty:
+            try:
+                connection = self._connect()
+            except smtplib.SMTPAuthenticationError as err:
+                return Outcome("stop", f"SMTP server {self.where()} refused the login: "
+                                       f"{_reply(err.smtp_code, err.smtp_error)}")
+            except (OSError, smtplib.SMTPException) as err:
+                return Outcome.retry(f"cannot connect to {self.where()}: {err}")
+        outcome, sound = self._transaction(connection, batch, sender, envelope)
+        if sound:
+            self._idle.put(connection)
+        else:
+            connection.close()
+        return outcome
+
+    def _transaction(self, connection: smtplib.SMTP, batch: Batch, sender: str,
+                     envelope: Envelope) -> tuple[Outcome, bool]:
         message_id, data = batch.message_bytes(envelope)
         try:
-            connection = getattr(self._local, "connection", None) or self._connect()
-        except smtplib.SMTPAuthenticationError as err:
-            return Outcome("stop", f"SMTP server {self.where()} refused the login: "
-                                   f"{_reply(err.smtp_code, err.smtp_error)}")
-        except (OSError, smtplib.SMTPException) as err:
-            return Outcome.retry(f"cannot connect to {self.where()}: {err}")
-        try:
-            code, reply = connection.mail(sender)
-            if code != 250:
-                return self._refused(connection, "MAIL FROM", code, reply, sender_refused=True)
-            code, reply = connection.rcpt(envelope.recipient.email)
-            if code not in (250, 251):
-                return self._refused(connection, "RCPT TO", code, reply)
-            code, reply = connection.docmd("DATA")
-            if code != 354:
-                return self._refused(connection, "DATA", code, reply)
+            for step, command, accepted in (("MAIL FROM", lambda: connection.mail(sender), (250,)),
+                                            ("RCPT TO", lambda: connection.rcpt(envelope.recipient.email),
+                                             (250, 251)),
+                                            ("DATA", lambda: connection.docmd("DATA"), (354,))):
+                code, reply = command()
+                if code not in accepted:
+                    return self._refused(connection, step, code, reply)
             body = _LEADING_DOT.sub(b"..", data)
             connection.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
         except (OSError, smtplib.SMTPException) as err:
-            self._drop()
-            return Outcome.retry(f"connection to {self.where()} lost before the message was complete: {err}")
+            return Outcome.retry(f"connection to {self.where()} lost before the message was complete: {err}"), False
         try:
             code, reply = connection.getreply()
         except (OSError, smtplib.SMTPException) as err:
-            self._drop()
             return Outcome.unknown(f"connection to {self.where()} lost after the message was sent, before the "
-                                   f"server answered: {err}")
+                                   f"server answered: {err}"), False
         if code == 250:
-            return Outcome.sent(message_id)
-        if code == 421:
-            self._drop()
-        return Outcome.failed(_reply(code, reply)) if code >= 500 else Outcome.retry(_reply(code, reply))
+            return Outcome.sent(message_id), True
+        detail = _reply(code, reply)
+        return (Outcome.failed(detail) if code >= 500 else Outcome.retry(detail)), code != 421
 
-    def _refused(self, connection: smtplib.SMTP, step: str, code: int, reply: bytes,
-                 sender_refused: bool = False) -> Outcome:
+    def _refused(self, connection: smtplib.SMTP, step: str, code: int, reply: bytes) -> tuple[Outcome, bool]:
         detail = f"{step}: {_reply(code, reply)}"
-        if code == 421:
-            self._drop()
-        else:
+        sound = code != 421
+        if sound:
             try:
                 connection.rset()
             except (OSError, smtplib.SMTPException):
-                self._drop()
-        if code >= 500 and sender_refused:
+                sound = False
+        if code >= 500 and step == "MAIL FROM":
             return Outcome("stop", f"SMTP server {self.where()} refused the sender: {detail}; "
-                                   "check [delivery] from")
-        return Outcome.failed(detail) if code >= 500 else Outcome.retry(detail)
+                                   "check [delivery] from"), sound
+        return (Outcome.failed(detail) if code >= 500 else Outcome.retry(detail)), sound

@@ -1,0 +1,76 @@
+"""A real SMTP server on loopback (aiosmtpd) for the tests, with faults that can be scripted per recipient."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class SmtpSink:
+    """Records every message it accepts; `faults[address]` lists what to do with that recipient's next
+    attempts: an SMTP reply such as "450 try later" at RCPT, "drop-rcpt" to cut the connection at RCPT, or
+    "drop-after-data" to take the message and cut the connection before answering."""
+
+    received: list[tuple[str, bytes]] = field(default_factory=list)
+    sessions: int = 0
+    faults: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self) -> dict[str, int]:
+        tally: dict[str, int] = defaultdict(int)
+        for address, _ in self.received:
+            tally[address] += 1
+        return dict(tally)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        with self.lock:
+            self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        with self.lock:
+            fault = self.faults[address].pop(0) if self.faults.get(address) else None
+        if fault == "drop-rcpt":
+            server.transport.close()
+            return "421 closing"
+        if fault and fault[0].isdigit():
+            return fault
+        if fault:
+            self.faults[address].insert(0, fault)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        address = envelope.rcpt_tos[0]
+        with self.lock:
+            self.received.append((address, envelope.content))
+            fault = self.faults[address].pop(0) if self.faults.get(address) else None
+        if fault == "drop-after-data":
+            server.transport.close()
+        return "250 Message accepted for delivery"
+
+
+class SmtpServer:
+    def __init__(self, sink: SmtpSink | None = None):
+        self.sink = sink or SmtpSink()
+        self.port = free_port()
+        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.controller.stop()
