@@ -55,8 +55,9 @@ def errors_body(message: str, field_name: str | None = None) -> bytes:
 
 class SendgridServer:
     def __init__(self, api_key: str = "SG.test-key", validate: bool = True, max_request_bytes: int = 30_000_000,
-                 port: int = 0):
+                 port: int = 0, delay: float = 0.0):
         self.api_key = api_key
+        self.delay = delay
         self.validator = mail_send_validator() if validate else None
         self.max_request_bytes = max_request_bytes
         self.faults: deque[Fault] = deque()
@@ -77,6 +78,7 @@ class SendgridServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None  # clients that vanish mid-answer are expected
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -135,6 +137,8 @@ class SendgridServer:
             return None
         if fault is not None and fault.kind == "timeout":
             time.sleep(fault.seconds)
+        if self.delay:
+            time.sleep(self.delay)
         return self.answer(request, 202, b"", {"X-Message-Id": uuid.uuid4().hex[:22]})
 
     def check(self, body: dict) -> str | None:

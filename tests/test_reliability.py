@@ -1,0 +1,160 @@
+"""Reliability: kill -9 of a real sender process at random points, then resume; fault storms at the SendGrid
+and SMTP servers. The invariant every time: nobody receives two copies, everybody deliverable receives one,
+and the only exceptions are deliveries reported unknown (a request whose answer was lost)."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import sqlalchemy as sa
+
+from newsletter import ledger
+from newsletter.deliver.run import Sender, plan_or_resume
+from newsletter.deliver.sendgrid import SendgridProvider
+from newsletter.deliver.smtp import SmtpProvider
+from newsletter.store import open_store
+from newsletter.subscribers import import_csv
+
+from .conftest import FIXED_NOW, ROOT
+from .sendgrid_server import Fault, SendgridServer
+from .smtp_server import SmtpServer
+from .test_sendgrid import KEY, configure
+from .test_smtp import smtp_env
+
+NOW = FIXED_NOW.isoformat()
+
+
+def subscribe(store, config, count: int) -> list[str]:
+    addresses = [f"person{i:05d}@example.org" for i in range(count)]
+    import_csv(store, config, io.StringIO("email,newsletters\n" + "".join(f"{a},weekly\n" for a in addresses)),
+               "t.csv", FIXED_NOW)
+    return addresses
+
+
+def statuses(store) -> dict[str, str]:
+    with store.engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT s.email, d.status FROM deliveries d JOIN subscribers s "
+                                         "ON s.id = d.subscriber_id")).all())
+
+
+def check_exactly_once(received: Counter, state: dict[str, str], addresses: list[str]) -> None:
+    assert set(state) == set(addresses)
+    assert max(received.values()) == 1, "somebody received two copies"
+    for address in addresses:
+        if state[address] == "sent":
+            assert received[address] == 1, address
+        else:
+            assert state[address] == "unknown", (address, state[address])
+            assert received[address] <= 1
+
+
+def test_kill_9_at_random_points_then_resume_sends_everyone_exactly_once(tmp_path, db_url):
+    rng = random.Random(2026)
+    folder = tmp_path / "newsletter"
+    folder.mkdir()
+    (folder / "newsletter.toml").write_text((ROOT / "newsletter.toml").read_text().replace(
+        'source = "site"', f'source = "{ROOT / "site"}"') + f'\n[render]\ntemplates = "{ROOT / "templates"}"\n')
+    env = {**os.environ, "NEWSLETTER_DATABASE_URL": db_url, "SENDGRID_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
+    store = open_store(db_url)
+    from newsletter.config import load_config
+
+    addresses = subscribe(store, load_config(folder / "newsletter.toml"), 5000)
+    with SendgridServer(api_key=KEY, delay=0.03) as server:
+        config_text = (folder / "newsletter.toml").read_text().replace(
+            "[delivery]\n", f'[delivery]\nprovider = "sendgrid"\nsendgrid = {{ api_host = "{server.url}", '
+                            'batch_size = 50 }\n')
+        (folder / "newsletter.toml").write_text(config_text)
+        command = [sys.executable, "-m", "newsletter", "--now", NOW, "send", "weekly"]
+        kills = 0
+        for _ in range(12):
+            process = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 1.5))
+            if process.poll() is not None:
+                break
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+            if kills == 5:
+                break
+        final = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+        received = Counter(server.emails())
+    assert kills >= 3, "the sends finished before they could be killed; the test proves nothing"
+    assert final.returncode in (0, 3), final.stderr
+    state = statuses(store)
+    check_exactly_once(received, state, addresses)
+    unknown = sum(1 for s in state.values() if s == "unknown")
+    print(f"kills: {kills}, unknown: {unknown}, requests: {server.requests}")
+    assert unknown <= kills * 50
+    assert Counter(state.values())["sent"] >= 5000 - kills * 50
+    if unknown:
+        assert "are unknown" in final.stderr
+    store.engine.dispose()
+
+
+def test_a_fault_storm_at_sendgrid_delivers_everything_once_or_reports_it(env):
+    addresses = subscribe(env.store, env.config, 200)
+    with SendgridServer(api_key=KEY) as server:
+        config = configure(env, server.url, batch_size=20, timeout=0.5, max_attempts=4)
+        server.queue(
+            Fault("status", 429, "rate limited", {"X-RateLimit-Reset": str(int(time.time()) + 2)}),
+            Fault("status", 500, "internal error"),
+            Fault("lose_answer"),
+            Fault("status", 502, "bad gateway", {"Retry-After": "1"}),
+            Fault("timeout", seconds=1.0),
+            Fault("reject_recipient", email=addresses[45], message="Does not contain a valid address."),
+            Fault("status", 413, "too large"),
+            Fault("status", 503, "unavailable"),
+        )
+        newsletter = config.newsletter("weekly")
+        record, _ = plan_or_resume(env.store, config, newsletter, env.posts, env.now)
+        provider = SendgridProvider(config.delivery.sendgrid, api_key=KEY)
+        report = Sender(env.store, config, newsletter, provider, sleep=lambda s: None).run(record, env.now)
+        received = Counter(server.emails())
+    assert report.counts == {"sent": 159, "unknown": 40, "failed": 1}
+    state = statuses(env.store)
+    assert state[addresses[45]] == "failed" and received[addresses[45]] == 0
+    del state[addresses[45]]
+    check_exactly_once(received, state, [a for a in addresses if a != addresses[45]])
+    # batch 1 tried three times (429, 500, answer lost), batch 2 twice (502, timeout), batch 3 rejected for one
+    # address, its 19 others with the next address refused as too large (413), then its halves (one 503 and a
+    # retry), then the last 139 addresses in 7 batches
+    assert server.requests == 17
+    assert server.violations == []
+
+
+def test_a_fault_storm_at_the_smtp_server_delivers_everything_once_or_reports_it(env):
+    addresses = subscribe(env.store, env.config, 120)
+    rng = random.Random(7)
+    with SmtpServer() as server:
+        plan = {}
+        for address in rng.sample(addresses, 40):
+            plan[address] = rng.choice([["451 busy"], ["421 closing"], ["drop-rcpt"], ["drop-after-data"],
+                                        ["550 no such user"], ["452 full"] * 5])
+        server.sink.faults.update({a: list(f) for a, f in plan.items()})
+        config = smtp_env(env, server.port, connections=3)
+        newsletter = config.newsletter("weekly")
+        record, _ = plan_or_resume(env.store, config, newsletter, env.posts, env.now)
+        provider = SmtpProvider(config.delivery.smtp, 25)
+        report = Sender(env.store, config, newsletter, provider, sleep=lambda s: None).run(record, env.now)
+        received = Counter(a for a, _ in server.sink.received)
+    rows = {r["email"]: (r["status"], r["error"]) for r in ledger.open_deliveries(env.store, record.id)}
+    permanent = {a for a, f in plan.items() if f[0].startswith("550") or len(f) == 5}
+    lost = {a for a, f in plan.items() if f == ["drop-after-data"]}
+    assert {a for a, (s, _) in rows.items() if s == "failed"} == permanent
+    assert {a for a, (s, _) in rows.items() if s == "unknown"} == lost
+    assert all(rows[a][1] == "RCPT TO: 550 no such user" for a in permanent if plan[a][0].startswith("550"))
+    assert all(rows[a][1] == "gave up after 3 attempts: RCPT TO: 452 full" for a in permanent if len(plan[a]) == 5)
+    assert report.counts["sent"] == 120 - len(permanent) - len(lost)
+    state = statuses(env.store)
+    for address in permanent:
+        assert received[address] == 0
+        del state[address]
+    check_exactly_once(received, state, [a for a in addresses if a not in permanent])
