@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/newsletter --now $(DEMO_NOW) preview --out previews
-	$(BIN)/newsletter --now $(DEMO_NOW) preview weekly --format eml --out previews/weekly.eml
-	@echo "Previews written to previews/ (open previews/weekly.html in a browser)."
+	$(BIN)/newsletter subscribers import subscribers/sample.csv
+	$(BIN)/newsletter --now $(DEMO_NOW) send weekly
+	$(BIN)/newsletter --now $(DEMO_NOW) send lab
+	@echo "Previews are in previews/ (open previews/weekly.html in a browser); the sent messages are .eml files"
+	@echo "under outbox/, one per subscriber. Run make demo again: the sends resume and nobody gets a second copy."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -30,4 +33,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check newsletter tests bench
 
 clean:
-	rm -rf $(VENV) previews outbox .pytest_cache
+	rm -rf $(VENV) previews outbox newsletter.db newsletter.db-wal newsletter.db-shm .pytest_cache
