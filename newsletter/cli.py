@@ -159,7 +159,6 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
     from .deliver.run import Variants, next_issue
     from .digest import compose, sample_recipient
     from .render import personalise
-    from .message import to_bytes
 
     config = state.config()
     now = state.now(config)
@@ -180,7 +179,7 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
             continue
         state.warn(list(digest.checks))
         if fmt == "eml":
-            payload = to_bytes(compose(config, digest, recipient, now))
+            payload = compose(config, digest, recipient, now)
         else:
             personal = personalise(digest, recipient)
             payload = (personal.html if fmt == "html" else personal.text).encode("utf-8")

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage
+from email.utils import make_msgid
 from pathlib import Path
 
 import jinja2
 from PIL import Image, UnidentifiedImageError
 
 from .config import Config, NewsletterConfig
-from .message import build_message
+from .message import MessageTemplate, domain_of
 from .posts import Post
 from .render import Digest, IssueInfo, Recipient, personalise, render_digest, template_environment
 from .select import Selection, select_posts
@@ -109,14 +109,9 @@ def sample_recipient(config: Config, email: str = SAMPLE_EMAIL, name: str = "Sam
     )
 
 
-def compose(config: Config, digest: Digest, recipient: Recipient, now: datetime) -> EmailMessage:
-    """The complete message for one recipient of a rendered digest."""
+def compose(config: Config, digest: Digest, recipient: Recipient, now: datetime) -> bytes:
+    """The complete message for one recipient of a rendered digest, as it would go on the wire."""
     newsletter = config.newsletter(digest.newsletter_id)
-    return build_message(
-        personalise(digest, recipient),
-        recipient,
-        sender=config.delivery.from_addr,
-        reply_to=config.delivery.reply_to,
-        list_id=(newsletter.title, newsletter.id),
-        date=now,
-    )
+    template = MessageTemplate(digest, sender=config.delivery.from_addr, reply_to=config.delivery.reply_to,
+                               list_id=(newsletter.title, newsletter.id), date=now)
+    return template.render(recipient, make_msgid(domain=domain_of(config.delivery.from_addr)))

@@ -74,3 +74,37 @@ class SmtpServer:
 
     def __exit__(self, *exc) -> None:
         self.controller.stop()
+
+
+class CountingSink:
+    """A sink for benchmarks: accepts everything and only counts messages and bytes."""
+
+    def __init__(self):
+        self.messages = 0
+        self.bytes = 0
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.messages += 1
+        self.bytes += len(envelope.content)
+        return "250 OK"
+
+
+def main() -> None:
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="A local SMTP sink that accepts and counts messages.")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    sink = CountingSink()
+    port = args.port or free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port, data_size_limit=0)
+    controller.start()
+    print(port, flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    controller.stop()
+    print(sink.messages, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,12 +8,13 @@ claiming, batching, retries and the ledger. A provider that cannot tell whether 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 from email.utils import make_msgid
 
 from ..errors import NewsletterError
-from ..message import build_message, domain_of, to_bytes
-from ..render import Digest, Recipient, personalise
+from ..message import MessageTemplate, domain_of
+from ..render import Digest, Recipient
 
 
 class StopSend(NewsletterError):
@@ -91,10 +92,12 @@ class Batch:
     def message_bytes(self, envelope: Envelope) -> tuple[str, bytes]:
         """The exact bytes of one recipient's message, and its Message-ID."""
         message_id = self.message_id(envelope)
-        msg = build_message(personalise(self.digest, envelope.recipient), envelope.recipient, sender=self.sender,
-                            reply_to=self.reply_to, list_id=(self.newsletter_title, self.newsletter_id),
-                            date=self.date, message_id=message_id)
-        return message_id, to_bytes(msg)
+        return message_id, self.template.render(envelope.recipient, message_id)
+
+    @cached_property
+    def template(self) -> MessageTemplate:
+        return MessageTemplate(self.digest, sender=self.sender, reply_to=self.reply_to,
+                               list_id=(self.newsletter_title, self.newsletter_id), date=self.date)
 
     def split(self) -> tuple[Batch, Batch]:
         half = len(self.envelopes) // 2
