@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/reader.py
+	$(BIN)/python bench/send.py
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff

@@ -263,6 +263,16 @@ def export_csv(store: Store, out: TextIO) -> int:
     return count
 
 
+def _with_subscriptions(conn, rows: list) -> list[Subscriber]:
+    """Subscriber values for subscriber rows, with their subscriptions read in one query."""
+    held: dict[int, dict[str, tuple[str, ...]]] = {}
+    for s in conn.execute(sa.select(subscriptions).where(subscriptions.c.subscriber_id.in_([r.id for r in rows]))
+                          .order_by(subscriptions.c.newsletter)):
+        held.setdefault(s.subscriber_id, {})[s.newsletter] = decode_categories(s.categories)
+    return [Subscriber(r.id, r.email, r.name, r.status, r.source, as_utc(r.created_at), as_utc(r.updated_at),
+                       held.get(r.id, {})) for r in rows]
+
+
 def iter_subscribers(store: Store, *, newsletter: str | None = None, status: str | None = None,
                      category: str | None = None) -> Iterator[Subscriber]:
     """Subscribers in id order, with their subscriptions, read a chunk at a time."""
@@ -278,16 +288,8 @@ def iter_subscribers(store: Store, *, newsletter: str | None = None, status: str
             chunk = conn.execute(query).all()
             if not chunk:
                 return
-            held: dict[int, dict[str, tuple[str, ...]]] = {}
-            for s in conn.execute(sa.select(subscriptions).where(
-                    subscriptions.c.subscriber_id.in_([r.id for r in chunk])).order_by(subscriptions.c.newsletter)):
-                held.setdefault(s.subscriber_id, {})[s.newsletter] = decode_categories(s.categories)
-        for r in chunk:
-            found = Subscriber(r.id, r.email, r.name, r.status, r.source, as_utc(r.created_at), as_utc(r.updated_at),
-                               held.get(r.id, {}))
-            if category and not _takes(found, category, newsletter):
-                continue
-            yield found
+            found = _with_subscriptions(conn, chunk)
+        yield from (s for s in found if not category or _takes(s, category, newsletter))
         last = chunk[-1].id
 
 
@@ -307,21 +309,8 @@ def find(store: Store, address: str) -> Subscriber | None:
     except ValueError:
         key = email_key(address.strip())
     with store.engine.connect() as conn:
-        row = conn.execute(sa.select(subscribers.c.id).where(subscribers.c.email_key == key)).first()
-    if row is None:
-        return None
-    return next(s for s in iter_subscribers_by_ids(store, [row.id]))
-
-
-def iter_subscribers_by_ids(store: Store, ids: list[int]) -> Iterator[Subscriber]:
-    with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(subscribers).where(subscribers.c.id.in_(ids))).all()
-        held: dict[int, dict[str, tuple[str, ...]]] = {}
-        for s in conn.execute(sa.select(subscriptions).where(subscriptions.c.subscriber_id.in_(ids))):
-            held.setdefault(s.subscriber_id, {})[s.newsletter] = decode_categories(s.categories)
-    for r in rows:
-        yield Subscriber(r.id, r.email, r.name, r.status, r.source, as_utc(r.created_at), as_utc(r.updated_at),
-                         held.get(r.id, {}))
+        rows = conn.execute(sa.select(subscribers).where(subscribers.c.email_key == key)).all()
+        return _with_subscriptions(conn, rows)[0] if rows else None
 
 
 def set_status(store: Store, address: str, status: str, now: datetime) -> Subscriber:
