@@ -169,3 +169,30 @@ def test_the_frozen_content_is_what_a_resumed_send_sends(env, tmp_path):
     stored = ledger.get_issue(env.store, record.id)
     assert [p.title for p in stored.posts][:2] == ["Measuring sea level by hand", "An island day trip in winter"]
     assert stored.image_sizes["_posts/2026-01-04-an-island-day-trip.md#an-island-day-trip"] == (640, 360)
+
+
+def test_sends_that_reach_people_warn_while_links_still_point_at_the_blog(env):
+    from newsletter.deliver.base import Outcome, Provider
+
+    class Accepting(Provider):
+        name = "accepting"
+
+        def send(self, batch):
+            return [Outcome.sent("id") for _ in batch.envelopes]
+
+    subscribe(env, "email,newsletters\na@example.org,weekly\n")
+    record, _ = plan_or_resume(env.store, env.config, env.config.newsletter("weekly"), env.posts, env.now)
+    report = Sender(env.store, env.config, env.config.newsletter("weekly"), Accepting()).run(record, env.now)
+    assert report.warnings == ["[web] base_url is not set, so unsubscribe and preferences links point at the blog "
+                               "(https://harbourlight.example.org); set it to where `newsletter serve` answers"]
+    outbox_report = send(env, now=env.now.replace(day=6))
+    assert outbox_report.warnings == []
+
+
+def test_a_scheduler_can_name_its_own_period(env):
+    subscribe(env, "email,newsletters\na@example.org,weekly\n")
+    record, created = plan_or_resume(env.store, env.config, env.config.newsletter("weekly"), env.posts, env.now,
+                                     period="2026-W02")
+    again, created_again = plan_or_resume(env.store, env.config, env.config.newsletter("weekly"), env.posts,
+                                          env.now.replace(day=7), period="2026-W02")
+    assert (created, created_again, record.id == again.id, record.period) == (True, False, True, "2026-W02")

@@ -8,6 +8,7 @@ provider is called and marked after it answers, so a crash at any point leaves r
 from __future__ import annotations
 
 import hashlib
+import random
 import secrets
 import time
 from collections import Counter
@@ -69,9 +70,10 @@ def planned_posts(store: Store | None, config: Config, newsletter: NewsletterCon
 
 
 def plan_or_resume(store: Store, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
-                   now: datetime) -> tuple[ledger.IssueRecord, bool]:
-    """The issue of `newsletter` for the period of `now`: found when already planned, else planned now."""
-    period = period_of(now, config)
+                   now: datetime, period: str | None = None) -> tuple[ledger.IssueRecord, bool]:
+    """The issue of `newsletter` for `period` (by default the day of `now` in the site's zone, as for a manual
+    send; a scheduler passes its own): found when already planned, else planned now."""
+    period = period or period_of(now, config)
     existing = ledger.find_issue(store, newsletter.id, period)
     if existing is not None:
         return existing, False
@@ -129,6 +131,10 @@ class Variants:
     def rendered(self) -> int:
         return len(self._by_key)
 
+    @property
+    def digests(self) -> list[Digest]:
+        return list(self._by_key.values())
+
 
 class Sender:
     """Works one issue through a provider until every delivery is final, or the send must stop."""
@@ -172,6 +178,7 @@ class Sender:
                 self.provider.close()
             ledger.finish(self.store, record.id)
             report.variants = variants.rendered
+            report.warnings += sorted({str(check) for digest in variants.digests for check in digest.checks})
         finally:
             ledger.release_lease(self.store, record.id, self.owner)
         report.counts = ledger.counts(self.store, record.id)
@@ -226,7 +233,8 @@ class Sender:
         except RetryBatch as err:
             if attempt >= self.config.delivery.max_attempts:
                 raise
-            wait = err.after if err.after is not None else self.config.delivery.retry_delay * 2 ** (attempt - 1)
+            wait = err.after if err.after is not None else (
+                self.config.delivery.retry_delay * 2 ** (attempt - 1) * random.uniform(1.0, 1.25))
             self._wait(wait, batch.issue_id)
             self._deliver(batch, attempt + 1)
             return
