@@ -92,16 +92,21 @@ def start(command: list[str]) -> tuple[subprocess.Popen, str]:
 def timed_send(folder: Path, provider: str, database: str) -> tuple[float, float, str]:
     """Run one whole `newsletter send` process; (seconds, peak RSS in MB, its last line of output)."""
     env = {**os.environ, "SENDGRID_API_KEY": KEY, "NEWSLETTER_DATABASE_URL": database, "PYTHONPATH": str(ROOT)}
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "newsletter", "--now", NOW.isoformat(), "send", "bench",
-                                "--provider", provider], cwd=folder, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    output = process.stdout.read().decode() + process.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"send failed:\n{output}")
-    return elapsed, usage.ru_maxrss / 1024, output.strip().splitlines()[-1]
+    # A small launcher starts the send and reports its children's peak RSS: measured from this (large) process,
+    # the child's figure would include the memory image it briefly shares with its parent before exec.
+    launcher = ("import resource, subprocess, sys, time\n"
+                "started = time.perf_counter()\n"
+                "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+                "elapsed = time.perf_counter() - started\n"
+                "sys.stderr.write(done.stdout + done.stderr)\n"
+                "print(done.returncode, elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    done = subprocess.run([sys.executable, "-c", launcher, sys.executable, "-m", "newsletter", "--now",
+                           NOW.isoformat(), "send", "bench", "--provider", provider], cwd=folder, env=env,
+                          capture_output=True, text=True)
+    code, elapsed, peak = done.stdout.split()
+    if code != "0":
+        raise SystemExit(f"send failed:\n{done.stderr}")
+    return float(elapsed), int(peak) / 1024, done.stderr.strip().splitlines()[-1]
 
 
 def naive_rate(config_path: Path, database: str, sample: int) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import webbrowser
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -190,6 +189,8 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
                    f"subject: {digest.subject}", err=True)
         click.echo(f"{newsletter.id}: wrote {'standard output' if target is None else target}", err=True)
         if open_browser and target is not None and fmt == "html":
+            import webbrowser
+
             webbrowser.open(target.resolve().as_uri())
 
 

@@ -12,7 +12,6 @@ from .cli import State, cli
 from .config import PROVIDERS
 from .clock import format_duration
 from .errors import UnknownNameError
-from .store import engine_safe
 
 
 class Progress:
@@ -75,6 +74,7 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
     from .deliver import make_provider
     from .deliver.run import Sender, dry_run as plan_dry, plan_or_resume, send_test_copy
     from .ledger import counts
+    from .store import engine_safe
     from .subscribers import normalise_email
 
     config = state.config()

@@ -10,8 +10,7 @@ import click
 
 from .cli import State, cli
 from .errors import NewsletterError, UnknownNameError
-from .subscribers import (STATUSES, ImportRejected, Subscriber, add, export_csv, find, import_csv, iter_subscribers,
-                          set_status)
+from .config import SUBSCRIBER_STATUSES
 
 
 @cli.group()
@@ -33,6 +32,8 @@ def import_command(state: State, file: Path, newsletter: str | None, skip_invali
     or newsletter:category; empty means all), status (active, unsubscribed, bounced, complained).
     Nothing is imported when any row is invalid, unless --skip-invalid.
     """
+    from .subscribers import ImportRejected, import_csv
+
     config = state.config()
     now = state.now(config)
     store = state.store(config)
@@ -60,6 +61,8 @@ def import_command(state: State, file: Path, newsletter: str | None, skip_invali
 @click.pass_obj
 def export(state: State, out: Path | None) -> None:
     """Export every subscriber as CSV, in the columns import reads (statuses included)."""
+    from .subscribers import export_csv
+
     store = state.store(state.config())
     if out is None:
         count = export_csv(store, sys.stdout)
@@ -83,6 +86,8 @@ def export(state: State, out: Path | None) -> None:
 def add_command(state: State, email: str, name: str, newsletters: tuple[str, ...], categories: tuple[str, ...],
                 resubscribe: bool) -> None:
     """Add a subscriber, or update their newsletters and categories."""
+    from .subscribers import add
+
     config = state.config()
     report = add(state.store(config), config, email, name, newsletters, categories, state.now(config),
                  resubscribe=resubscribe)
@@ -96,12 +101,14 @@ def add_command(state: State, email: str, name: str, newsletters: tuple[str, ...
 @click.pass_obj
 def remove(state: State, email: str) -> None:
     """Unsubscribe someone: they are never emailed again (their record stays, so an import cannot re-add them)."""
+    from .subscribers import set_status
+
     config = state.config()
     found = set_status(state.store(config), email, "unsubscribed", state.now(config))
     click.echo(f"unsubscribed: {found.email}")
 
 
-def _as_json(subscriber: Subscriber) -> dict:
+def _as_json(subscriber) -> dict:
     return {"email": subscriber.email, "name": subscriber.name, "status": subscriber.status,
             "newsletters": {n: list(c) for n, c in subscriber.newsletters.items()}, "source": subscriber.source,
             "created_at": subscriber.created_at.isoformat(), "updated_at": subscriber.updated_at.isoformat()}
@@ -109,13 +116,15 @@ def _as_json(subscriber: Subscriber) -> dict:
 
 @subscribers.command(name="list")
 @click.option("--newsletter", metavar="ID", help="Only subscribers of this newsletter.")
-@click.option("--status", type=click.Choice(STATUSES), help="Only subscribers with this status.")
+@click.option("--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only subscribers with this status.")
 @click.option("--category", help="Only subscribers who receive this category.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one subscriber each.")
 @click.pass_obj
 def list_command(state: State, newsletter: str | None, status: str | None, category: str | None,
                  as_json: bool) -> None:
     """List subscribers, one a line."""
+    from .subscribers import iter_subscribers
+
     config = state.config()
     if newsletter:
         config.newsletter(newsletter)
@@ -133,6 +142,8 @@ def list_command(state: State, newsletter: str | None, status: str | None, categ
 @click.pass_obj
 def show(state: State, email: str, as_json: bool) -> None:
     """Show one subscriber: status, newsletters and categories, dates."""
+    from .subscribers import find
+
     found = find(state.store(state.config()), email)
     if found is None:
         raise UnknownNameError(f"no subscriber {email!r}")

@@ -17,7 +17,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from email_validator import EmailNotValidError, validate_email
 
 from . import permalink as permalink_module
 from .clock import parse_duration
@@ -67,6 +66,7 @@ WEB_KEYS = {"base_url": None}
 SECTIONS = {"site": SITE_KEYS, "delivery": DELIVERY_KEYS, "database": DATABASE_KEYS, "render": RENDER_KEYS,
             "web": WEB_KEYS}
 PROVIDERS = ("outbox", "smtp", "sendgrid")
+SUBSCRIBER_STATUSES = ("active", "unsubscribed", "bounced", "complained")
 SECURITY = {"none": 25, "starttls": 587, "ssl": 465}
 JEKYLL_DEFAULTS = {
     "title": "",
@@ -350,6 +350,8 @@ def _read_newsletters(raw: Any, site: SiteConfig, check: _Collector) -> dict[str
 def check_address(text: str) -> str | None:
     """Return why `text` ("Name <addr>" or "addr") is not a usable address, or None when it is."""
     from email.utils import parseaddr
+
+    from email_validator import EmailNotValidError, validate_email
 
     if "\r" in text or "\n" in text:
         return "must not contain a line break"

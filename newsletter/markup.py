@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import urljoin
 
 import nh3
-from lxml import html as lxml_html
 from markdown_it import MarkdownIt
 
 ALLOWED_TAGS = {
@@ -67,6 +66,8 @@ def sanitize(fragment: str, base_url: str) -> str:
 
 def html_to_text(fragment: str) -> str:
     """Plain text of a sanitised fragment: blocks separated by blank lines, list items on lines of their own."""
+    from lxml import html as lxml_html  # only when a selected post's excerpt is rendered
+
     if not fragment.strip():
         return ""
     parts: list[str] = []

@@ -17,11 +17,11 @@ from typing import TextIO
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 
-from .config import Config
+from .config import SUBSCRIBER_STATUSES, Config
 from .errors import NewsletterError, Problem
 from .store import Store, as_utc, subscribers, subscriptions
 
-STATUSES = ("active", "unsubscribed", "bounced", "complained")
+STATUSES = SUBSCRIBER_STATUSES
 COLUMNS = ("email", "name", "newsletters", "categories", "status")
 CHUNK = 500
 
