@@ -120,13 +120,13 @@ def record_issue(store: Store, *, newsletter: str, period: str, number: int, pos
                                                     for i, p in enumerate(posts)])
                 audience = (
                     sa.select(sa.literal(issue_id), subscriptions.c.subscriber_id, sa.literal("pending"),
-                              sa.literal(0))
+                              sa.literal(0), subscriptions.c.categories)
                     .join(subscribers, subscribers.c.id == subscriptions.c.subscriber_id)
                     .where((subscriptions.c.newsletter == newsletter) & (subscribers.c.status == "active"))
                     .order_by(subscriptions.c.subscriber_id)
                 )
                 conn.execute(deliveries.insert().from_select(
-                    ["issue_id", "subscriber_id", "status", "attempts"], audience))
+                    ["issue_id", "subscriber_id", "status", "attempts", "audience"], audience))
     except IntegrityError:
         existing = find_issue(store, newsletter, period)
         if existing is None:
@@ -205,14 +205,27 @@ def retry_unknown(store: Store, issue_id: int) -> int:
             status="pending", next_attempt_at=None, updated_at=utcnow())).rowcount
 
 
-def claim(store: Store, issue_id: int, newsletter: str, limit: int, token: str) -> list[Claimed]:
+def pending_audiences(store: Store, issue_id: int) -> list[tuple[str | None, int]]:
+    """How many deliveries are pending for each set of categories their subscribers had at planning."""
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(deliveries.c.audience, sa.func.count())
+            .where((deliveries.c.issue_id == issue_id) & (deliveries.c.status == "pending"))
+            .group_by(deliveries.c.audience)).all()]
+
+
+def claim(store: Store, issue_id: int, newsletter: str, limit: int, token: str,
+          audiences: list[str] | None = None) -> list[Claimed]:
     """Mark up to `limit` due pending deliveries `sending` for this batch and commit, before any provider
-    call; returns them with their subscriber's current status and categories."""
+    call; returns them with their subscriber's current status and categories. With `audiences`, only
+    deliveries planned for those category sets (one digest variant, so one full request)."""
     now = utcnow()
     due = (sa.select(deliveries.c.id)
            .where((deliveries.c.issue_id == issue_id) & (deliveries.c.status == "pending")
                   & (deliveries.c.next_attempt_at.is_(None) | (deliveries.c.next_attempt_at <= now)))
            .order_by(deliveries.c.id).limit(limit))  # fmt: skip
+    if audiences is not None:
+        due = due.where(deliveries.c.audience.in_(audiences))
     if store.dialect == "postgresql":
         due = due.with_for_update(skip_locked=True)
     with store.engine.begin() as conn:

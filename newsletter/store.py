@@ -93,8 +93,10 @@ deliveries = sa.Table(
     sa.Column("claim", sa.String(64)),
     sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
     sa.Column("updated_at", sa.DateTime(timezone=True)),
+    sa.Column("audience", sa.Text),
     sa.UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
     sa.Index("ix_deliveries_issue_status", "issue_id", "status", "id"),
+    sa.Index("ix_deliveries_issue_audience", "issue_id", "status", "audience", "id"),
 )  # fmt: skip
 
 

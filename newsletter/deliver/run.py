@@ -186,36 +186,56 @@ class Sender:
 
     def _loop(self, record: ledger.IssueRecord, variants: Variants, tokens: Tokens, token: str,
               now: datetime) -> None:
+        """Claim the subscribers of one digest variant at a time, biggest first, so that each request is full;
+        then whatever is left (retries come due, rows planned before audiences were kept)."""
         while True:
+            for audiences in self._variant_groups(record, variants):
+                while claimed := ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size,
+                                              token, audiences):
+                    self._process(record, claimed, variants, tokens, now)
             claimed = ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size, token)
-            if not claimed:
-                due = ledger.next_retry(self.store, record.id)
-                if due is None:
-                    return
-                self._wait((due - utcnow()).total_seconds(), record.id)
+            if claimed:
+                self._process(record, claimed, variants, tokens, now)
                 continue
-            self.claimed = {row.delivery_id for row in claimed}
-            skips, groups = [], {}
-            for row in claimed:
-                if row.subscriber_status != "active":
-                    skips.append(ledger.Mark(row.delivery_id, "skipped", f"{row.subscriber_status} after the issue "
-                                                                          "was planned"))
-                    continue
-                digest = variants.for_categories(row.categories) if row.categories is not None else None
-                if row.categories is None:
-                    skips.append(ledger.Mark(row.delivery_id, "skipped", "no longer subscribed to this newsletter"))
-                elif digest is None:
-                    skips.append(ledger.Mark(row.delivery_id, "skipped", "none of this issue's posts are in the "
-                                                                         "subscriber's categories"))
-                else:
-                    unsubscribe, preferences = tokens.urls(self.config.web_base_url, row.subscriber_id,
-                                                           self.newsletter.id)
-                    recipient = Recipient(row.email, row.name, unsubscribe, preferences)
-                    groups.setdefault(id(digest), (digest, []))[1].append(Envelope(row.delivery_id, recipient))
-            self._record(skips)
-            for digest, envelopes in groups.values():
-                self._deliver(self._batch(record, digest, envelopes, now))
-            ledger.renew_lease(self.store, record.id, self.owner)
+            due = ledger.next_retry(self.store, record.id)
+            if due is None:
+                return
+            self._wait((due - utcnow()).total_seconds(), record.id)
+
+    def _variant_groups(self, record: ledger.IssueRecord, variants: Variants) -> list[list[str]]:
+        groups: dict[int, tuple[int, list[str]]] = {}
+        for audience, count in ledger.pending_audiences(self.store, record.id):
+            if audience is None:
+                continue
+            key = id(variants.for_categories(audience))
+            total, members = groups.get(key, (0, []))
+            groups[key] = (total + count, members + [audience])
+        return [members for _, members in sorted(groups.values(), key=lambda g: -g[0])]
+
+    def _process(self, record: ledger.IssueRecord, claimed: list[ledger.Claimed], variants: Variants,
+                 tokens: Tokens, now: datetime) -> None:
+        self.claimed = {row.delivery_id for row in claimed}
+        skips, groups = [], {}
+        for row in claimed:
+            if row.subscriber_status != "active":
+                skips.append(ledger.Mark(row.delivery_id, "skipped", f"{row.subscriber_status} after the issue "
+                                                                      "was planned"))
+                continue
+            digest = variants.for_categories(row.categories) if row.categories is not None else None
+            if row.categories is None:
+                skips.append(ledger.Mark(row.delivery_id, "skipped", "no longer subscribed to this newsletter"))
+            elif digest is None:
+                skips.append(ledger.Mark(row.delivery_id, "skipped", "none of this issue's posts are in the "
+                                                                     "subscriber's categories"))
+            else:
+                unsubscribe, preferences = tokens.urls(self.config.web_base_url, row.subscriber_id,
+                                                       self.newsletter.id)
+                recipient = Recipient(row.email, row.name, unsubscribe, preferences)
+                groups.setdefault(id(digest), (digest, []))[1].append(Envelope(row.delivery_id, recipient))
+        self._record(skips)
+        for digest, envelopes in groups.values():
+            self._deliver(self._batch(record, digest, envelopes, now))
+        ledger.renew_lease(self.store, record.id, self.owner)
 
     def _batch(self, record: ledger.IssueRecord, digest: Digest, envelopes: list[Envelope],
                now: datetime) -> Batch:
