@@ -156,7 +156,7 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
     posts earlier issues carried, as the send will, and --as previews a stored subscriber's own copy.
     """
     from .deliver.run import Variants, next_issue
-    from .digest import compose, sample_recipient
+    from .digest import compose
     from .render import personalise
 
     config = state.config()
@@ -238,7 +238,7 @@ def main() -> None:
     cli(prog_name="newsletter")
 
 
-from . import cli_send, cli_subscribers  # noqa: E402  (they add their commands to `cli`)
+from . import cli_send, cli_subscribers  # noqa: E402, F401  (importing them adds their commands to `cli`)
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ def load_config(path: Path | None, *, source_override: Path | None = None) -> Co
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError([Problem(where, "no such config file; pass --config PATH or --source PATH")])
+            raise ConfigError([Problem(where, "no such config file; pass --config PATH or --source PATH")]) from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ConfigError([Problem(where, f"not valid TOML: {err}")]) from err
         base = path.resolve().parent

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from .config import Config, NewsletterConfig
 from .message import MessageTemplate, domain_of
 from .posts import Post
-from .render import Digest, IssueInfo, Recipient, personalise, render_digest, template_environment
+from .render import Digest, IssueInfo, Recipient, render_digest, template_environment
 from .select import Selection, select_posts
 
 SAMPLE_EMAIL = "reader@example.org"
