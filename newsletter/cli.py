@@ -240,6 +240,5 @@ def main() -> None:
 
 from . import cli_send, cli_subscribers  # noqa: E402, F401  (importing them adds their commands to `cli`)
 
-
 if __name__ == "__main__":
     main()

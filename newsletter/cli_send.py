@@ -9,8 +9,8 @@ import time
 import click
 
 from .cli import State, cli
-from .config import PROVIDERS
 from .clock import format_duration
+from .config import PROVIDERS
 from .errors import UnknownNameError
 
 
@@ -24,7 +24,8 @@ class Progress:
         self.last_line = 0.0
         self.bar = None
         if sys.stderr.isatty():
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
             self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
                                     TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[detail]}"),
@@ -72,7 +73,8 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
     Exit status: 0 when every delivery is final (sent, skipped or failed), 3 when some are unknown.
     """
     from .deliver import make_provider
-    from .deliver.run import Sender, dry_run as plan_dry, plan_or_resume, send_test_copy
+    from .deliver.run import Sender, plan_or_resume, send_test_copy
+    from .deliver.run import dry_run as plan_dry
     from .ledger import counts
     from .store import engine_safe
     from .subscribers import normalise_email

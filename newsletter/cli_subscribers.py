@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from .cli import State, cli
-from .errors import NewsletterError, UnknownNameError
 from .config import SUBSCRIBER_STATUSES
+from .errors import NewsletterError, UnknownNameError
 
 
 @cli.group()

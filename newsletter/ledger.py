@@ -24,7 +24,17 @@ from sqlalchemy.exc import IntegrityError
 
 from .errors import NewsletterError
 from .posts import Post
-from .store import Store, as_utc, deliveries, issue_posts, issues, subscribers, subscriptions, utcnow, variants
+from .store import (
+    Store,
+    as_utc,
+    deliveries,
+    issue_posts,
+    issues,
+    subscribers,
+    subscriptions,
+    utcnow,
+    variants,
+)
 
 DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "skipped")
 FINAL = ("sent", "failed", "skipped")

@@ -8,9 +8,9 @@ claiming, batching, retries and the ledger. A provider that cannot tell whether 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime
 from email.utils import make_msgid
+from functools import cached_property
 
 from ..errors import NewsletterError
 from ..message import MessageTemplate, domain_of
