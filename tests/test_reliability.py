@@ -66,7 +66,7 @@ def test_kill_9_at_random_points_then_resume_sends_everyone_exactly_once(tmp_pat
     from newsletter.config import load_config
 
     addresses = subscribe(store, load_config(folder / "newsletter.toml"), 5000)
-    with SendgridServer(api_key=KEY, delay=0.03) as server:
+    with SendgridServer(api_key=KEY, delay=0.05) as server:
         config_text = (folder / "newsletter.toml").read_text().replace(
             "[delivery]\n", f'[delivery]\nprovider = "sendgrid"\nsendgrid = {{ api_host = "{server.url}", '
                             'batch_size = 50 }\n')
