@@ -58,7 +58,7 @@ DELIVERY_KEYS = {
     "sendgrid": {},
 }
 SMTP_KEYS = {"host": "localhost", "port": None, "security": "starttls", "username": None, "connections": 2,
-             "timeout": 30.0}
+             "timeout": 30.0, "ca_file": None}
 SENDGRID_KEYS = {"api_host": "https://api.sendgrid.com", "timeout": 30.0, "batch_size": 1000}
 DATABASE_KEYS = {"url": None}
 RENDER_KEYS = {"templates": "templates"}
@@ -118,6 +118,7 @@ class SmtpConfig:
     username: str | None = None
     connections: int = 2
     timeout: float = 30.0
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,16 @@ def _number(table: dict, section: str, key: str, default: Any, check: _Collector
     return kind(value)
 
 
+def _ca_file(table: dict, base: Path, check: _Collector) -> Path | None:
+    value = check.typed(table, "delivery.smtp", "ca_file", str, None)
+    if value is None:
+        return None
+    path = base / value
+    if not path.is_file():
+        check.error("delivery.smtp.ca_file", f"{path} is not a file of PEM certificates")
+    return path
+
+
 def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector) -> DeliveryConfig:
     host = re.sub(r"^https?://", "", site.url).split("/")[0].split(":")[0] or "localhost"
     sender = check.typed(table, "delivery", "from", str, None)
@@ -411,6 +422,7 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
             username=check.typed(smtp_table, "delivery.smtp", "username", str, None),
             connections=_number(smtp_table, "delivery.smtp", "connections", 2, check, high=64),
             timeout=_number(smtp_table, "delivery.smtp", "timeout", 30.0, check, kind=float, low=0.1),
+            ca_file=_ca_file(smtp_table, base, check),
         ),
         sendgrid=SendgridConfig(
             api_host=api_host.rstrip("/"),

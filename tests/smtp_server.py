@@ -63,10 +63,12 @@ class SmtpSink:
 
 
 class SmtpServer:
-    def __init__(self, sink: SmtpSink | None = None):
+    """aiosmtpd on 127.0.0.1 and a free port; keyword arguments go to its Controller (TLS, authentication)."""
+
+    def __init__(self, sink: SmtpSink | None = None, **options):
         self.sink = sink or SmtpSink()
         self.port = free_port()
-        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port, **options)
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()

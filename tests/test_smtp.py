@@ -99,3 +99,75 @@ def test_a_refused_sender_stops_the_send_without_failing_anyone(env):
     with server, pytest.raises(StopSend, match="refused the sender: MAIL FROM: 553 5.7.1 sender not allowed"):
         send(env, smtp_env(env, server.port))
     assert ledger.list_issues(env.store)[0]["counts"] == {"pending": 4}
+
+
+@pytest.fixture(scope="module")
+def authority():
+    import trustme
+
+    return trustme.CA()
+
+
+def tls_env(env, port: int, security: str, ca_file, username: str | None = "sender"):
+    config = smtp_env(env, port)
+    smtp = dataclasses.replace(config.delivery.smtp, security=security, ca_file=ca_file, username=username)
+    return dataclasses.replace(config, delivery=dataclasses.replace(config.delivery, smtp=smtp))
+
+
+def accept_sender(server, session, envelope, mechanism, auth_data):
+    from aiosmtpd.smtp import AuthResult
+
+    accepted = (auth_data.login, auth_data.password) == (b"sender", b"s3cret")
+    return AuthResult(success=accepted, handled=False)  # handled=False: the server itself answers 535
+
+
+def send_with(env, config, password: str):
+    newsletter = config.newsletter("weekly")
+    record, _ = plan_or_resume(env.store, config, newsletter, env.posts, env.now)
+    provider = SmtpProvider(config.delivery.smtp, config.delivery.batch_size, password=password)
+    return Sender(env.store, config, newsletter, provider, sleep=lambda s: None).run(record, env.now)
+
+
+def test_starttls_with_login_verifies_the_server_against_the_configured_authority(env, authority, tmp_path):
+    import ssl
+
+    addresses = people(env, 3)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    with SmtpServer(tls_context=server_context, require_starttls=True, authenticator=accept_sender,
+                    auth_require_tls=True) as server:
+        report = send_with(env, tls_env(env, server.port, "starttls", tmp_path / "ca.pem"), "s3cret")
+    assert report.counts == {"sent": 3}
+    assert server.sink.count() == {a: 1 for a in addresses}
+
+
+def test_a_wrong_password_or_an_untrusted_certificate_stops_the_send(env, authority, tmp_path):
+    import ssl
+
+    from newsletter.deliver.base import StopSend
+
+    people(env, 2)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    with SmtpServer(tls_context=server_context, require_starttls=True, authenticator=accept_sender,
+                    auth_require_tls=True) as server:
+        with pytest.raises(StopSend, match=r"refused the login: 535 5.7.8 Authentication credentials invalid"):
+            send_with(env, tls_env(env, server.port, "starttls", tmp_path / "ca.pem"), "wrong")
+        with pytest.raises(StopSend, match=r"TLS with the SMTP server 127.0.0.1:\d+ failed: CERTIFICATE_VERIFY_FAILED"):
+            send_with(env, tls_env(env, server.port, "starttls", None), "s3cret")
+    assert ledger.list_issues(env.store)[0]["counts"] == {"pending": 2}
+
+
+def test_implicit_tls(env, authority, tmp_path):
+    import ssl
+
+    addresses = people(env, 2)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    with SmtpServer(ssl_context=server_context) as server:
+        report = send_with(env, tls_env(env, server.port, "ssl", tmp_path / "ca.pem", username=None), "")
+    assert report.counts == {"sent": 2}
+    assert server.sink.count() == {a: 1 for a in addresses}

@@ -4,6 +4,8 @@ Each message goes MAIL, RCPT, DATA step by step, so that the answer is classifie
 refusal or lost connection before the message's final dot is safe to retry (the server took nothing); a
 connection lost after the final dot, before the server answered, is `unknown`. A 5xx for a recipient is a
 permanent failure; a 4xx is retried later. The password comes from NEWSLETTER_SMTP_PASSWORD, never the config.
+TLS (STARTTLS or implicit) always verifies the server's certificate, against the system's authorities or
+[delivery.smtp] ca_file for a private one.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class SmtpProvider(Provider):
         except smtplib.SMTPAuthenticationError as err:
             raise StopSend(f"SMTP server {self.where()} refused the login: {_reply(err.smtp_code, err.smtp_error)}"
                            ) from err
+        except ssl.SSLError as err:
+            raise StopSend(f"TLS with the SMTP server {self.where()} failed: {err.reason or err}; for a server "
+                           "certificate from a private authority, set [delivery.smtp] ca_file") from err
         except (OSError, smtplib.SMTPException) as err:
             raise RetryBatch(f"cannot connect to the SMTP server {self.where()}: {err}") from err
 
@@ -65,13 +70,13 @@ class SmtpProvider(Provider):
 
     def _connect(self) -> smtplib.SMTP:
         cfg = self.config
+        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
         if cfg.security == "ssl":
-            connection = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout,
-                                          context=ssl.create_default_context())
+            connection = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=context)
         else:
             connection = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
             if cfg.security == "starttls":
-                connection.starttls(context=ssl.create_default_context())
+                connection.starttls(context=context)
         connection.ehlo_or_helo_if_needed()
         if cfg.username:
             connection.login(cfg.username, self.password)
