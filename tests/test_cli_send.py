@@ -146,3 +146,18 @@ def test_a_test_copy_and_the_provider_option(run, monkeypatch):
         1, "error: the sendgrid provider needs an API key in the environment variable SENDGRID_API_KEY\n")
     bad = run("--now", NOW, "send", "lab", "--to", "not-an-address")
     assert bad.exit_code == 2 and "Invalid value for --to" in bad.stderr
+
+
+def test_preview_as_a_stored_subscriber_shows_their_copy_and_what_the_next_issue_carries(run, tmp_path):
+    run("subscribers", "import", "subscribers/sample.csv")
+    out = tmp_path / "ben.txt"
+    result = run("--now", NOW, "preview", "weekly", "--as", "ben.okafor@example.org", "--format", "text",
+                 "--out", str(out))
+    assert result.exit_code == 0
+    assert result.stderr.startswith("weekly: issue 1, 4 post(s), sections: Culture (2), Travel (2); subject: ")
+    text = out.read_text()
+    assert "Unsubscribe: https://harbourlight.example.org/unsubscribe/2.weekly." in text
+    run("--now", "2026-01-02T07:00:00+00:00", "send", "weekly")
+    after = run("--now", NOW, "preview", "weekly", "--out", str(tmp_path))
+    assert after.stderr.startswith("weekly: issue 2, 6 post(s), sections: Culture (1), Science (2), "
+                                   "Technology (1), Travel (2); subject: ")
