@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,8 +88,14 @@ def db_url(request, tmp_path):
 
     admin, name, url = _postgres_database()
     yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    for attempt in range(5):
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            break
+        except sa.exc.DBAPIError:
+            # a server process (autovacuum) still in the database and not ours to end: try again shortly
+            time.sleep(0.2 * (attempt + 1))
     admin.dispose()
 
 
