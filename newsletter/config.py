@@ -90,6 +90,7 @@ class SiteConfig:
     excerpt_separator: str
     future: bool
     is_jekyll: bool
+    exclude: tuple[str, ...] = ()
 
     @property
     def absolute_base(self) -> str:
@@ -296,7 +297,20 @@ def _read_site(table: dict, base: Path, source_override: Path | None, check: _Co
         excerpt_separator=value("excerpt_separator", str),
         future=value("future", bool),
         is_jekyll=is_jekyll,
+        exclude=_jekyll_exclude(jekyll, source, check),
     )
+
+
+def _jekyll_exclude(jekyll: dict[str, Any] | None, source: Path, check: _Collector) -> tuple[str, ...]:
+    """Jekyll's `exclude` list (paths or globs relative to the site), less what `include` brings back."""
+    if not jekyll:
+        return ()
+    listed = jekyll.get("exclude") or []
+    kept = jekyll.get("include") or []
+    if not isinstance(listed, list) or not isinstance(kept, list):
+        check.error("site.source", f"exclude and include in {source / '_config.yml'} must be lists")
+        return ()
+    return tuple(str(p).strip("/") for p in listed if p not in kept and str(p).strip("/"))
 
 
 def _string_list(table: dict, section: str, key: str, check: _Collector) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ for Markdown and sanitising.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import posixpath
@@ -178,6 +179,7 @@ def find_post_files(site: SiteConfig) -> Iterator[tuple[Path, str, list[str]]]:
             dirs[:] = sorted(
                 d for d in dirs if d == "_posts" and site.is_jekyll or not _special(d) and d not in _SKIPPED_DIRS
             )
+        dirs[:] = [d for d in dirs if not _excluded("/".join([*parts, d]), site.exclude)]
         if site.is_jekyll and not in_posts:
             continue
         above = parts[: parts.index("_posts")] if in_posts else []
@@ -187,8 +189,15 @@ def find_post_files(site: SiteConfig) -> Iterator[tuple[Path, str, list[str]]]:
                 continue
             if site.is_jekyll and not DATED_NAME.match(name):
                 continue
-            path = Path(folder, name)
-            yield path, "/".join([*parts, name]), above
+            relative = "/".join([*parts, name])
+            if _excluded(relative, site.exclude):
+                continue
+            yield Path(folder, name), relative, above
+
+
+def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
+    """Whether Jekyll's `exclude` leaves this path out: a listed path, anything below it, or a glob match."""
+    return any(relative == p or relative.startswith(p + "/") or fnmatch.fnmatch(relative, p) for p in patterns)
 
 
 def _special(name: str) -> bool:
