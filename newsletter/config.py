@@ -91,6 +91,8 @@ class SiteConfig:
     future: bool
     is_jekyll: bool
     exclude: tuple[str, ...] = ()
+    #: Jekyll's `defaults:` entries that apply to posts, as (path prefix, values)
+    defaults: tuple[tuple[str, dict], ...] = field(default=(), compare=False)
 
     @property
     def absolute_base(self) -> str:
@@ -298,7 +300,19 @@ def _read_site(table: dict, base: Path, source_override: Path | None, check: _Co
         future=value("future", bool),
         is_jekyll=is_jekyll,
         exclude=_jekyll_exclude(jekyll, source, check),
+        defaults=_jekyll_post_defaults(jekyll),
     )
+
+
+def _jekyll_post_defaults(jekyll: dict[str, Any] | None) -> tuple[tuple[str, dict], ...]:
+    found = []
+    for entry in (jekyll or {}).get("defaults") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict):
+            continue
+        scope = entry.get("scope") if isinstance(entry.get("scope"), dict) else {}
+        if scope.get("type") in (None, "posts"):
+            found.append((str(scope.get("path") or "").strip("/"), entry["values"]))
+    return tuple(found)
 
 
 def _jekyll_exclude(jekyll: dict[str, Any] | None, source: Path, check: _Collector) -> tuple[str, ...]:

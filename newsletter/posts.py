@@ -152,10 +152,9 @@ def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     publishes them) future posts."""
     posts: list[Post] = []
     problems: list[Problem] = []
-    defaults = _front_matter_defaults(site)
     for path, relative, folder_categories in find_post_files(site):
         try:
-            post = read_post(path, relative, site, folder_categories, defaults)
+            post = read_post(path, relative, site, folder_categories)
         except PostError as err:
             problems.append(Problem(display_path(path), str(err), err.line))
             continue
@@ -202,26 +201,6 @@ def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
 
 def _special(name: str) -> bool:
     return name[:1] in (".", "_", "#", "~")
-
-
-def _front_matter_defaults(site: SiteConfig) -> list[tuple[str, dict]]:
-    """Jekyll's `defaults:` entries that apply to posts, as (path prefix, values)."""
-    config_file = site.source / "_config.yml"
-    if not site.is_jekyll or not config_file.is_file():
-        return []
-    try:
-        config = yaml.load(config_file.read_text(encoding="utf-8-sig"), Loader=yaml.CSafeLoader) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return []  # the config loader has already reported it
-    found = []
-    for entry in config.get("defaults") or [] if isinstance(config, dict) else []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict):
-            continue
-        scope = entry.get("scope") or {}
-        if scope.get("type") not in (None, "posts"):
-            continue
-        found.append((str(scope.get("path") or "").strip("/"), entry["values"]))
-    return found
 
 
 def split_front_matter(raw: bytes) -> tuple[dict[str, Any], str]:
@@ -369,7 +348,7 @@ def _excerpt_source(data: dict[str, Any], content: str, site: SiteConfig) -> str
 
 
 def read_post(
-    path: Path, relative: str, site: SiteConfig, folders: list[str], defaults: list[tuple[str, dict]] = ()
+    path: Path, relative: str, site: SiteConfig, folders: list[str]
 ) -> Post | None:
     """Read one post file; None when it is not published (a draft or `published: false`)."""
     try:
@@ -377,7 +356,7 @@ def read_post(
     except OSError as err:
         raise PostError(f"cannot be read: {err.strerror}") from err
     data, content = split_front_matter(raw)
-    for prefix, values in defaults:
+    for prefix, values in site.defaults:
         if not prefix or relative == prefix or relative.startswith(prefix + "/"):
             data = {**values, **data}
     if data.get("published") is False or (not site.is_jekyll and data.get("draft") is True):

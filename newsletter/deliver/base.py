@@ -7,7 +7,7 @@ claiming, batching, retries and the ledger. A provider that cannot tell whether 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import make_msgid
 from functools import cached_property
@@ -104,8 +104,6 @@ class Batch:
         return (self._with(self.envelopes[:half]), self._with(self.envelopes[half:]))
 
     def _with(self, envelopes: tuple[Envelope, ...]) -> Batch:
-        from dataclasses import replace
-
         return replace(self, envelopes=envelopes)
 
 

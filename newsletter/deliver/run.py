@@ -221,10 +221,11 @@ class Sender:
                 skips.append(ledger.Mark(row.delivery_id, "skipped", f"{row.subscriber_status} after the issue "
                                                                       "was planned"))
                 continue
-            digest = variants.for_categories(row.categories) if row.categories is not None else None
             if row.categories is None:
                 skips.append(ledger.Mark(row.delivery_id, "skipped", "no longer subscribed to this newsletter"))
-            elif digest is None:
+                continue
+            digest = variants.for_categories(row.categories)
+            if digest is None:
                 skips.append(ledger.Mark(row.delivery_id, "skipped", "none of this issue's posts are in the "
                                                                      "subscriber's categories"))
             else:
