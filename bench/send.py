@@ -111,10 +111,10 @@ def timed_send(folder: Path, provider: str, database: str) -> tuple[float, float
 
 def naive_rate(config_path: Path, database: str, sample: int) -> float:
     """Messages per second when the digest is rendered and inlined once per subscriber."""
-    from newsletter.deliver.run import next_issue
-    from newsletter.posts import read_posts
+    from newsletter.plan import next_issue
     from newsletter.render import Recipient, personalise, render_digest, template_environment
     from newsletter.select import Selection, group_sections
+    from newsletter.site import read_posts
 
     config = load_config(config_path)
     newsletter = config.newsletter("bench")
@@ -141,9 +141,10 @@ def _issue(record, config):
 def bare_smtp(config_path: Path, database: str, port: int, count: int) -> float:
     """Seconds for a bare smtplib loop to send `count` pre-built messages over one connection."""
     from newsletter.deliver.base import Batch, Envelope
-    from newsletter.deliver.run import Variants, next_issue
-    from newsletter.posts import read_posts
+    from newsletter.digest import Variants
+    from newsletter.plan import next_issue
     from newsletter.render import Recipient
+    from newsletter.site import read_posts
 
     config = load_config(config_path)
     newsletter = config.newsletter("bench")

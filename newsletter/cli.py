@@ -18,7 +18,7 @@ from . import __version__
 from .clock import format_duration, parse_moment
 from .config import Config, load_config
 from .errors import ConfigError, NewsletterError, Problem
-from .posts import Post, read_posts
+from .posts import Post
 
 EXIT_STRICT = 1
 
@@ -49,7 +49,9 @@ class State:
             raise click.BadParameter(str(err), param_hint="--now") from err
 
     def posts(self, config: Config, now: datetime) -> list[Post]:
-        result = read_posts(config.site, now)
+        from .site import read_site
+
+        result = read_site(config, now)
         self.warn(result.problems)
         return result.posts
 
@@ -155,8 +157,8 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
     Without NEWSLETTER, previews every configured newsletter. With a subscriber store, the preview leaves out
     posts earlier issues carried, as the send will, and --as previews a stored subscriber's own copy.
     """
-    from .deliver.run import Variants, next_issue
-    from .digest import compose
+    from .digest import Variants, compose
+    from .plan import next_issue
     from .render import personalise
 
     config = state.config()

@@ -73,10 +73,9 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
     Exit status: 0 when every delivery is final (sent, skipped or failed), 3 when some are unknown.
     """
     from .deliver import make_provider
-    from .deliver.run import Sender, plan_or_resume, send_test_copy
     from .deliver.run import dry_run as plan_dry
-    from .ledger import counts
-    from .store import engine_safe
+    from .deliver.run import send_test_copy
+    from .plan import period_of, plan_or_resume
     from .subscribers import normalise_email
 
     config = state.config()
@@ -101,11 +100,28 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
             click.echo(f"{newsletter.id}: test copy of {report.period} ({report.posts} post(s)) sent to {address} "
                        f"through {chosen.name}")
         return
-    record, created = plan_or_resume(store, config, newsletter, posts, now)
+    wanted = period_of(now, config, newsletter)
+    while True:
+        record, created = plan_or_resume(store, config, newsletter, posts, now)
+        if record.period != wanted:
+            click.echo(f"{newsletter.id}: the issue for {record.period} was left unfinished; resuming it before "
+                       f"the issue for {wanted}", err=True)
+        code = _send_one(state, config, store, newsletter, chosen, record, created, now, retry_unknown)
+        state.exit_code = max(state.exit_code, code)
+        if record.period == wanted:
+            return
+
+
+def _send_one(state, config, store, newsletter, chosen, record, created, now, retry_unknown) -> int:
+    """Send (or resume) one planned issue and print how it went; returns the exit status it calls for."""
+    from .deliver.run import Sender
+    from .ledger import counts
+    from .store import engine_safe
+
     if record.status == "skipped":
         click.echo(f"{newsletter.id}: issue for {record.period} skipped: nothing in the last "
                    f"{format_duration(newsletter.window)} that an earlier issue did not carry")
-        return
+        return 0
     before = counts(store, record.id)
     click.echo(f"{newsletter.id}: {'planned' if created else 'resuming'} issue {record.number} (id {record.id}) for "
                f"{record.period}: {len(record.posts)} post(s), {sum(before.values())} delivery(ies), through "
@@ -129,7 +145,7 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
                    f"`newsletter send {newsletter.id} --now {now.isoformat()} --retry-unknown`.", err=True)
     if chosen.name == "outbox":
         click.echo(f"messages are in {config.delivery.outbox / f'{newsletter.id}-{record.period}'}", err=True)
-    state.exit_code = report.exit_code
+    return report.exit_code
 
 
 def _print_counts(counts) -> None:

@@ -45,6 +45,10 @@ NEWSLETTER_KEYS = {
     "window": "7d",
     "subject": DEFAULT_SUBJECT,
     "template": "digest",
+    "schedule": None,
+    "timezone": None,
+    "catch_up": "6h",
+    "max_lookback": "4w",
 }
 DELIVERY_KEYS = {
     "from": None,
@@ -111,6 +115,14 @@ class NewsletterConfig:
     window: timedelta
     subject: str
     template: str
+    #: the zone `schedule` is read in and a manual send's day is taken in (default: the site's)
+    timezone: ZoneInfo = ZoneInfo("UTC")
+    #: 5-field cron expressions; empty: only ever sent by hand
+    schedule: tuple[str, ...] = ()
+    #: how late a missed fire may still go out
+    catch_up: timedelta = timedelta(hours=6)
+    #: how far back an issue may reach when the previous one was long ago
+    max_lookback: timedelta = timedelta(weeks=4)
 
 
 @dataclass(frozen=True)
@@ -275,12 +287,7 @@ def _read_site(table: dict, base: Path, source_override: Path | None, check: _Co
             return JEKYLL_DEFAULTS[key]
         return found
 
-    zone_name = value("timezone", str)
-    try:
-        zone = ZoneInfo(zone_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        check.error("site.timezone", f"{zone_name!r} is not an IANA time zone name, like Europe/Paris or UTC")
-        zone = ZoneInfo("UTC")
+    zone = _zone(value("timezone", str), "site.timezone", check, ZoneInfo("UTC"))
     url = value("url", str)
     if url and not re.match(r"^https?://[^/\s]+", url):
         check.error("site.url", f"{url!r} must be an absolute http(s) URL, like https://blog.example.org")
@@ -353,12 +360,15 @@ def _read_newsletters(raw: Any, site: SiteConfig, check: _Collector) -> dict[str
         max_posts = check.typed(table, section, "max_posts", int, 10)
         if max_posts < 1:
             check.error(f"{section}.max_posts", f"must be at least 1, not {max_posts}")
-        try:
-            window = parse_duration(check.typed(table, section, "window", str, "7d"))
-        except ValueError as err:
-            check.error(f"{section}.window", str(err))
-            window = timedelta(days=7)
+        window = _duration(table, section, "window", "7d", check)
         subject = check.typed(table, section, "subject", str, DEFAULT_SUBJECT)
+        zone = _zone(check.typed(table, section, "timezone", str, None), f"{section}.timezone", check,
+                     site.timezone)
+        catch_up = _duration(table, section, "catch_up", "6h", check)
+        max_lookback = _duration(table, section, "max_lookback", "4w", check)
+        if max_lookback < window:
+            check.error(f"{section}.max_lookback", f"must be at least the window ({table.get('window', '7d')})")
+        schedule = _schedule(table, section, zone, check)
         template = check.typed(table, section, "template", str, "digest")
         if "/" in template or "\\" in template or template.startswith("."):
             check.error(f"{section}.template", f"{template!r} must be a template name under templates/")
@@ -372,8 +382,57 @@ def _read_newsletters(raw: Any, site: SiteConfig, check: _Collector) -> dict[str
             window=window,
             subject=subject,
             template=template,
+            timezone=zone,
+            schedule=schedule,
+            catch_up=catch_up,
+            max_lookback=max_lookback,
         )
     return found
+
+
+def _zone(name: str | None, key: str, check: _Collector, default: ZoneInfo) -> ZoneInfo:
+    if name is None:
+        return default
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        check.error(key, f"{name!r} is not an IANA time zone name, like Europe/Paris or UTC")
+        return default
+
+
+def _duration(table: dict, section: str, key: str, default: str, check: _Collector) -> timedelta:
+    try:
+        return parse_duration(check.typed(table, section, key, str, default))
+    except ValueError as err:
+        check.error(f"{section}.{key}", str(err))
+        return parse_duration(default)
+
+
+def _schedule(table: dict, section: str, zone: ZoneInfo, check: _Collector) -> tuple[str, ...]:
+    """The newsletter's cron expressions, each checked by APScheduler's own parser."""
+    value = table.get("schedule")
+    if value is None:
+        return ()
+    listed = [value] if isinstance(value, str) else value
+    if not isinstance(listed, list) or not listed or not all(isinstance(v, str) for v in listed):
+        check.error(f"{section}.schedule", f"must be a cron expression like \"0 8 * * mon\", or a list of them, "
+                                           f"not {value!r}")
+        return ()
+    from apscheduler.triggers.cron import CronTrigger
+
+    found = []
+    for expression in listed:
+        if len(expression.split()) != 5:
+            check.error(f"{section}.schedule", f"{expression!r} must have 5 fields: minute hour day month "
+                                               "day-of-week, like \"0 8 * * mon\"")
+            continue
+        try:
+            CronTrigger.from_crontab(expression, timezone=zone)
+        except ValueError as err:
+            check.error(f"{section}.schedule", f"{expression!r} is not a cron expression: {err}")
+            continue
+        found.append(" ".join(expression.split()))
+    return tuple(found)
 
 
 def check_address(text: str) -> str | None:

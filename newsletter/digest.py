@@ -1,74 +1,39 @@
-"""One issue of one newsletter: plan it from the posts at a given moment, render it, compose its messages.
+"""Rendering an issue: its digest variants, rendered once and kept with the issue, and its messages.
 
-This is the library API that the command line, the sender and the web preview share, so a preview is the
-same code path as a send.
+This is the library API that the command line, the sender and the web pages share, so a preview is the same
+code path as a send. What an issue carries is decided in `plan.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Iterable
 from datetime import datetime
 from email.utils import make_msgid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 from PIL import Image, UnidentifiedImageError
 
+from . import ledger
 from .config import Config, NewsletterConfig
 from .message import MessageTemplate, domain_of
 from .posts import Post
 from .render import Digest, IssueInfo, Recipient, render_digest, template_environment
-from .select import Selection, select_posts
+from .select import Selection, group_sections
+from .store import Store
+from .subscribers import decode_categories
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 SAMPLE_EMAIL = "reader@example.org"
 SAMPLE_TOKEN = "preview"
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What an issue will carry: the newsletter, the moment, and the selected posts."""
-
-    newsletter: NewsletterConfig
-    issue: IssueInfo
-    selection: Selection
-
-
-def period_of(now: datetime, config: Config) -> str:
-    """The period of a manual send: the day of `now` in the site's time zone."""
-    return now.astimezone(config.site.timezone).date().isoformat()
-
-
 def view_url(config: Config, newsletter_id: str, period: str) -> str:
     return f"{config.web_base_url}/archive/{newsletter_id}/{period}/"
-
-
-def plan_issue(
-    config: Config,
-    newsletter: NewsletterConfig,
-    posts: Iterable[Post],
-    now: datetime,
-    *,
-    number: int = 1,
-    categories: Sequence[str] | None = None,
-    since: datetime | None = None,
-    carried: Iterable[str] = (),
-) -> Plan:
-    """Select the posts of the issue at `now`: those in the newsletter's categories (or `categories`, a
-    subset chosen by a subscriber) dated within its window, minus those an earlier issue carried."""
-    local_now = now.astimezone(config.site.timezone)
-    period = period_of(now, config)
-    selection = select_posts(
-        posts,
-        since=since or local_now - newsletter.window,
-        until=local_now,
-        categories=categories if categories else newsletter.categories,
-        exclude_categories=newsletter.exclude_categories,
-        max_posts=newsletter.max_posts,
-        exclude_keys=carried,
-    )
-    issue = IssueInfo(number=number, date=local_now, period=period, view_url=view_url(config, newsletter.id, period))
-    return Plan(newsletter, issue, selection)
 
 
 def image_sizes(posts: Iterable[Post], source: Path) -> dict[str, tuple[int, int]]:
@@ -96,6 +61,60 @@ def render_plan(config: Config, plan: Plan, env: jinja2.Environment | None = Non
         selection=plan.selection,
         image_sizes=image_sizes(plan.selection.posts, config.site.source),
     )
+
+
+class Variants:
+    """Each distinct subset of an issue's posts rendered and inlined once, and kept with the issue so that a
+    resumed send sends exactly what the first run rendered."""
+
+    def __init__(self, store: Store | None, config: Config, newsletter: NewsletterConfig,
+                 record: ledger.IssueRecord, env: jinja2.Environment | None = None):
+        self.store, self.config, self.newsletter, self.record = store, config, newsletter, record
+        self.env = env or template_environment(config.templates)
+        self._by_categories: dict[str, Digest | None] = {}
+        self._by_key: dict[str, Digest] = {}
+
+    @property
+    def issue_info(self) -> IssueInfo:
+        record = self.record
+        local = record.reference_time.astimezone(self.config.site.timezone)
+        return IssueInfo(record.number, local, record.period, view_url(self.config, record.newsletter,
+                                                                        record.period), record.more)
+
+    def for_categories(self, stored: str) -> Digest | None:
+        """The variant for a subscriber's stored categories; None when none of the issue's posts are in them."""
+        if stored not in self._by_categories:
+            wanted = {c.casefold() for c in decode_categories(stored)}
+            subset = [p for p in self.record.posts if not wanted or p.in_categories(wanted)]
+            self._by_categories[stored] = self._variant(subset) if subset else None
+        return self._by_categories[stored]
+
+    def _variant(self, subset: list[Post]) -> Digest:
+        keys = [p.key for p in subset]
+        key = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
+        if key in self._by_key:
+            return self._by_key[key]
+        selection = Selection(tuple(subset), group_sections(subset, self.newsletter.categories),
+                              self.record.reference_time, self.record.reference_time)
+        stored = ledger.load_variant(self.store, self.record.id, key) if self.store and self.record.id else None
+        if stored is not None:
+            digest = Digest(self.newsletter.id, self.issue_info, selection, stored.subject, stored.html,
+                            stored.text, ())
+        else:
+            digest = render_digest(self.env, newsletter=self.newsletter, site=self.config.site,
+                                   issue=self.issue_info, selection=selection, image_sizes=self.record.image_sizes)
+            if self.store and self.record.id:
+                ledger.save_variant(self.store, self.record.id, key, keys, digest.subject, digest.html, digest.text)
+        self._by_key[key] = digest
+        return digest
+
+    @property
+    def rendered(self) -> int:
+        return len(self._by_key)
+
+    @property
+    def digests(self) -> list[Digest]:
+        return list(self._by_key.values())
 
 
 def sample_recipient(config: Config, email: str = SAMPLE_EMAIL, name: str = "Sample Reader") -> Recipient:

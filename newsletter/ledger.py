@@ -59,6 +59,8 @@ class IssueRecord:
     reference_time: datetime
     posts: tuple[Post, ...]
     image_sizes: dict[str, tuple[int, int]]
+    #: how many more posts qualified than the issue carries
+    more: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def _record(row: sa.Row) -> IssueRecord:
     return IssueRecord(
         id=row.id, newsletter=row.newsletter, period=row.period, number=row.number, status=row.status,
         reference_time=as_utc(row.reference_time), posts=tuple(Post.thaw(p) for p in frozen["posts"]),
-        image_sizes={k: tuple(v) for k, v in frozen["image_sizes"].items()},
+        image_sizes={k: tuple(v) for k, v in frozen["image_sizes"].items()}, more=frozen.get("more", 0),
     )  # fmt: skip
 
 
@@ -104,6 +106,24 @@ def get_issue(store: Store, issue_id: int) -> IssueRecord | None:
     return _record(found) if found else None
 
 
+def unfinished_issue(store: Store, newsletter: str) -> IssueRecord | None:
+    """The oldest issue of `newsletter` whose send was cut short (deliveries still pending or in flight)."""
+    with store.engine.connect() as conn:
+        found = conn.execute(sa.select(issues).where((issues.c.newsletter == newsletter)
+                                                     & (issues.c.status == "sending"))
+                             .order_by(issues.c.reference_time, issues.c.id).limit(1)).first()
+    return _record(found) if found else None
+
+
+def previous_issue_time(store: Store, newsletter: str, now: datetime) -> datetime | None:
+    """The reference time of the newsletter's latest issue at or before `now` (skipped ones count: they
+    looked, and found nothing new)."""
+    with store.engine.connect() as conn:
+        found = conn.execute(sa.select(sa.func.max(issues.c.reference_time)).where(
+            (issues.c.newsletter == newsletter) & (issues.c.reference_time <= now))).scalar()
+    return as_utc(found)
+
+
 def carried_posts(store: Store, newsletter: str) -> tuple[set[str], int]:
     """The posts earlier issues of `newsletter` carried, and how many issues were not skipped."""
     with store.engine.connect() as conn:
@@ -115,10 +135,12 @@ def carried_posts(store: Store, newsletter: str) -> tuple[set[str], int]:
 
 
 def record_issue(store: Store, *, newsletter: str, period: str, number: int, posts: tuple[Post, ...],
-                 image_sizes: dict[str, tuple[int, int]], reference_time: datetime) -> tuple[IssueRecord, bool]:
+                 image_sizes: dict[str, tuple[int, int]], reference_time: datetime,
+                 more: int = 0) -> tuple[IssueRecord, bool]:
     """Create the issue with its frozen posts and its delivery rows, all in one transaction; when another
     process created it first, return that one. Returns (issue, created)."""
-    frozen = json.dumps({"posts": [p.freeze() for p in posts], "image_sizes": image_sizes}, ensure_ascii=False)
+    frozen = json.dumps({"posts": [p.freeze() for p in posts], "image_sizes": image_sizes, "more": more},
+                        ensure_ascii=False)
     status = "sending" if posts else "skipped"
     try:
         with store.engine.begin() as conn:

@@ -9,7 +9,6 @@ for Markdown and sanitising.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import posixpath
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import frontmatter
 import yaml
@@ -26,7 +25,6 @@ import yaml
 from . import permalink
 from .clock import localize, parse_moment
 from .config import SiteConfig
-from .errors import Problem, display_path
 from .markup import render_excerpt
 
 MARKDOWN_EXTS = frozenset({".markdown", ".mkdown", ".mkdn", ".mkd", ".md"})
@@ -34,7 +32,6 @@ POST_EXTS = MARKDOWN_EXTS | {".html"}
 DATED_NAME = re.compile(r"^(\d{2,4}-\d{1,2}-\d{1,2})-([^/]*)(\.[^.]+)$")
 # Jekyll's YAML_FRONT_MATTER_REGEXP: a first line of ---, closed by a line of --- or ...
 FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
-_SKIPPED_DIRS = {"node_modules", "vendor"}
 _LINK_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:.+$", re.MULTILINE)
 _YAML = frontmatter.YAMLHandler()
 
@@ -139,68 +136,6 @@ class Post:
             "image": self.image,
             "author": self.author,
         }
-
-
-@dataclass
-class ReadResult:
-    posts: list[Post]
-    problems: list[Problem]
-
-
-def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
-    """Read every post of the site, newest first, leaving out drafts, unpublished and (unless the site
-    publishes them) future posts."""
-    posts: list[Post] = []
-    problems: list[Problem] = []
-    for path, relative, folder_categories in find_post_files(site):
-        try:
-            post = read_post(path, relative, site, folder_categories)
-        except PostError as err:
-            problems.append(Problem(display_path(path), str(err), err.line))
-            continue
-        if post is None or (post.date > now and not site.future):
-            continue
-        posts.append(post)
-    posts.sort(key=lambda p: (p.date, p.path), reverse=True)
-    return ReadResult(posts, problems)
-
-
-def find_post_files(site: SiteConfig) -> Iterator[tuple[Path, str, list[str]]]:
-    """Yield (path, path relative to the source, categories from folders above _posts/) for each post file."""
-    root = site.source
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        rel_folder = os.path.relpath(folder, root)
-        parts = [] if rel_folder == "." else rel_folder.split(os.sep)
-        in_posts = "_posts" in parts
-        if in_posts:
-            dirs[:] = sorted(d for d in dirs if not _special(d))
-        else:
-            dirs[:] = sorted(
-                d for d in dirs if d == "_posts" and site.is_jekyll or not _special(d) and d not in _SKIPPED_DIRS
-            )
-        dirs[:] = [d for d in dirs if not _excluded("/".join([*parts, d]), site.exclude)]
-        if site.is_jekyll and not in_posts:
-            continue
-        above = parts[: parts.index("_posts")] if in_posts else []
-        for name in sorted(files):
-            ext = os.path.splitext(name)[1].lower()
-            if _special(name) or name.endswith("~") or ext not in POST_EXTS:
-                continue
-            if site.is_jekyll and not DATED_NAME.match(name):
-                continue
-            relative = "/".join([*parts, name])
-            if _excluded(relative, site.exclude):
-                continue
-            yield Path(folder, name), relative, above
-
-
-def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
-    """Whether Jekyll's `exclude` leaves this path out: a listed path, anything below it, or a glob match."""
-    return any(relative == p or relative.startswith(p + "/") or fnmatch.fnmatch(relative, p) for p in patterns)
-
-
-def _special(name: str) -> bool:
-    return name[:1] in (".", "_", "#", "~")
 
 
 def split_front_matter(raw: bytes) -> tuple[dict[str, Any], str]:

@@ -51,6 +51,8 @@ class IssueInfo:
     date: datetime
     period: str
     view_url: str
+    #: how many more posts qualified than the newsletter's max_posts carries
+    more: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,8 @@ def _context(newsletter: Any, site: Any, issue: IssueInfo, selection: Selection,
             "categories": list(newsletter.categories),
         },
         "site": {"title": site.title, "url": site.absolute_base},
-        "issue": {"number": issue.number, "date": issue.date, "period": issue.period, "view_url": issue.view_url},
+        "issue": {"number": issue.number, "date": issue.date, "period": issue.period, "view_url": issue.view_url,
+                  "more": issue.more},
         "posts": list(by_key.values()),
         "sections": [
             {"category": section.category, "posts": [by_key[p.key] for p in section.posts]}

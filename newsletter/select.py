@@ -25,6 +25,8 @@ class Selection:
     sections: tuple[Section, ...]
     since: datetime
     until: datetime
+    #: posts that qualified but were left out by max_posts (the newest are carried)
+    more: int = 0
 
     @property
     def is_empty(self) -> bool:
@@ -56,9 +58,10 @@ def select_posts(
         and post.key not in carried
     ]
     chosen.sort(key=lambda p: (p.date, p.path), reverse=True)
+    more = max(0, len(chosen) - max_posts) if max_posts is not None else 0
     if max_posts is not None:
         chosen = chosen[:max_posts]
-    return Selection(tuple(chosen), group_sections(chosen, categories), since, until)
+    return Selection(tuple(chosen), group_sections(chosen, categories), since, until, more)
 
 
 def group_sections(posts: Sequence[Post], categories: Sequence[str] = ()) -> tuple[Section, ...]:

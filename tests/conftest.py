@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from newsletter.config import Config, load_config
-from newsletter.posts import read_posts
+from newsletter.site import read_posts
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -105,8 +105,8 @@ def test_unknown_deliveries_exit_3_and_say_how_to_resolve_them(run):
 
     from newsletter import ledger
     from newsletter.config import load_config
-    from newsletter.deliver.run import plan_or_resume
-    from newsletter.posts import read_posts
+    from newsletter.plan import plan_or_resume
+    from newsletter.site import read_posts
     from newsletter.store import open_store
 
     run("subscribers", "import", "subscribers/sample.csv")

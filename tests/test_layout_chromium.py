@@ -16,7 +16,8 @@ import subprocess
 
 import pytest
 
-from newsletter.digest import plan_issue, render_plan, sample_recipient
+from newsletter.digest import render_plan, sample_recipient
+from newsletter.plan import plan_issue
 from newsletter.render import personalise
 
 from .conftest import FIXED_NOW
@@ -53,7 +54,7 @@ def measure(html: str, width: int, tmp_path) -> dict:
 @pytest.fixture(scope="module")
 def weekly_html():
     from newsletter.config import load_config
-    from newsletter.posts import read_posts
+    from newsletter.site import read_posts
 
     from .conftest import ROOT
 

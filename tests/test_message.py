@@ -11,11 +11,12 @@ from datetime import datetime, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.digest import compose, plan_issue, render_plan, sample_recipient
+from newsletter.digest import compose, render_plan, sample_recipient
 from newsletter.message import MessageTemplate
-from newsletter.posts import read_posts
+from newsletter.plan import plan_issue
 from newsletter.render import Digest, IssueInfo, Recipient
 from newsletter.select import Selection
+from newsletter.site import read_posts
 
 from .conftest import FIXED_NOW, FIXTURES, site_config
 from .golden import compare, mask_message

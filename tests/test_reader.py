@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from newsletter.posts import read_posts, split_front_matter
+from newsletter.posts import split_front_matter
+from newsletter.site import read_posts
 
 from .conftest import FIXTURES, ROOT, site_config
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from newsletter.posts import read_posts
+from newsletter.site import read_posts
 
 from .conftest import FIXTURES, site_config
 

@@ -17,9 +17,10 @@ from collections import Counter
 import sqlalchemy as sa
 
 from newsletter import ledger
-from newsletter.deliver.run import Sender, plan_or_resume
+from newsletter.deliver.run import Sender
 from newsletter.deliver.sendgrid import SendgridProvider
 from newsletter.deliver.smtp import SmtpProvider
+from newsletter.plan import plan_or_resume
 from newsletter.store import open_store
 from newsletter.subscribers import import_csv
 

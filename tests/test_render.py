@@ -8,10 +8,11 @@ import pytest
 from lxml import html as lxml_html
 
 from newsletter import render
-from newsletter.digest import plan_issue, render_plan, sample_recipient
+from newsletter.digest import render_plan, sample_recipient
 from newsletter.errors import RenderError
-from newsletter.posts import read_posts
+from newsletter.plan import plan_issue
 from newsletter.render import Recipient, check_html, inline_css, personalise
+from newsletter.site import read_posts
 
 from .conftest import FIXED_NOW, FIXTURES, site_config
 from .servers import recording_http_server

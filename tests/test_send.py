@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from newsletter import ledger
 from newsletter.deliver import make_provider
-from newsletter.deliver.run import Sender, dry_run, plan_or_resume, send_test_copy
+from newsletter.deliver.run import Sender, dry_run, send_test_copy
+from newsletter.plan import plan_or_resume
 from newsletter.store import deliveries, issues
 from newsletter.subscribers import import_csv, set_status
 from newsletter.tokens import Tokens

@@ -13,8 +13,9 @@ import pytest
 from newsletter import ledger
 from newsletter.config import SendgridConfig
 from newsletter.deliver.base import StopSend
-from newsletter.deliver.run import ProviderUnavailable, Sender, plan_or_resume
+from newsletter.deliver.run import ProviderUnavailable, Sender
 from newsletter.deliver.sendgrid import SendgridProvider
+from newsletter.plan import plan_or_resume
 from newsletter.subscribers import import_csv
 from newsletter.tokens import Tokens
 

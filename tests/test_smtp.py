@@ -12,8 +12,9 @@ import pytest
 
 from newsletter import ledger
 from newsletter.config import SmtpConfig
-from newsletter.deliver.run import Sender, plan_or_resume
+from newsletter.deliver.run import Sender
 from newsletter.deliver.smtp import SmtpProvider
+from newsletter.plan import plan_or_resume
 from newsletter.subscribers import import_csv
 
 from .smtp_server import SmtpServer, free_port

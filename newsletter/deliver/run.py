@@ -7,7 +7,6 @@ provider is called and marked after it answers, so a crash at any point leaves r
 
 from __future__ import annotations
 
-import hashlib
 import random
 import secrets
 import time
@@ -16,17 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import jinja2
-
 from .. import ledger
 from ..config import Config, NewsletterConfig
-from ..digest import image_sizes, period_of, plan_issue, view_url
+from ..digest import Variants
 from ..errors import NewsletterError
+from ..plan import next_issue
 from ..posts import Post
-from ..render import Digest, IssueInfo, Recipient, render_digest, template_environment
-from ..select import Selection, group_sections
+from ..render import Digest, Recipient
 from ..store import Store, utcnow
-from ..subscribers import decode_categories
 from ..tokens import TEST_SUBSCRIBER, Tokens
 from .base import Batch, Envelope, Outcome, Provider, RetryBatch, SplitBatch, StopSend
 
@@ -57,83 +53,6 @@ class SendReport:
     @property
     def exit_code(self) -> int:
         return EXIT_UNKNOWN if self.counts.get("unknown") else 0
-
-
-def planned_posts(store: Store | None, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
-                  now: datetime) -> tuple[tuple[Post, ...], int, dict[str, tuple[int, int]]]:
-    """What a new issue at `now` would carry: posts in the window no earlier issue carried, its number, and
-    the pixel sizes of its images. Without a store, no issue was sent before."""
-    carried, earlier = ledger.carried_posts(store, newsletter.id) if store else (set(), 0)
-    plan = plan_issue(config, newsletter, posts, now, number=earlier + 1, carried=carried)
-    chosen = plan.selection.posts
-    return chosen, earlier + 1, image_sizes(chosen, config.site.source)
-
-
-def plan_or_resume(store: Store, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
-                   now: datetime, period: str | None = None) -> tuple[ledger.IssueRecord, bool]:
-    """The issue of `newsletter` for `period` (by default the day of `now` in the site's zone, as for a manual
-    send; a scheduler passes its own): found when already planned, else planned now."""
-    period = period or period_of(now, config)
-    existing = ledger.find_issue(store, newsletter.id, period)
-    if existing is not None:
-        return existing, False
-    chosen, number, sizes = planned_posts(store, config, newsletter, posts, now)
-    return ledger.record_issue(store, newsletter=newsletter.id, period=period, number=number, posts=chosen,
-                               image_sizes=sizes, reference_time=now)
-
-
-class Variants:
-    """Each distinct subset of an issue's posts rendered and inlined once, and kept with the issue so that a
-    resumed send sends exactly what the first run rendered."""
-
-    def __init__(self, store: Store | None, config: Config, newsletter: NewsletterConfig,
-                 record: ledger.IssueRecord, env: jinja2.Environment | None = None):
-        self.store, self.config, self.newsletter, self.record = store, config, newsletter, record
-        self.env = env or template_environment(config.templates)
-        self._by_categories: dict[str, Digest | None] = {}
-        self._by_key: dict[str, Digest] = {}
-
-    @property
-    def issue_info(self) -> IssueInfo:
-        record = self.record
-        local = record.reference_time.astimezone(self.config.site.timezone)
-        return IssueInfo(record.number, local, record.period, view_url(self.config, record.newsletter,
-                                                                        record.period))
-
-    def for_categories(self, stored: str) -> Digest | None:
-        """The variant for a subscriber's stored categories; None when none of the issue's posts are in them."""
-        if stored not in self._by_categories:
-            wanted = {c.casefold() for c in decode_categories(stored)}
-            subset = [p for p in self.record.posts if not wanted or p.in_categories(wanted)]
-            self._by_categories[stored] = self._variant(subset) if subset else None
-        return self._by_categories[stored]
-
-    def _variant(self, subset: list[Post]) -> Digest:
-        keys = [p.key for p in subset]
-        key = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
-        if key in self._by_key:
-            return self._by_key[key]
-        selection = Selection(tuple(subset), group_sections(subset, self.newsletter.categories),
-                              self.record.reference_time, self.record.reference_time)
-        stored = ledger.load_variant(self.store, self.record.id, key) if self.store and self.record.id else None
-        if stored is not None:
-            digest = Digest(self.newsletter.id, self.issue_info, selection, stored.subject, stored.html,
-                            stored.text, ())
-        else:
-            digest = render_digest(self.env, newsletter=self.newsletter, site=self.config.site,
-                                   issue=self.issue_info, selection=selection, image_sizes=self.record.image_sizes)
-            if self.store and self.record.id:
-                ledger.save_variant(self.store, self.record.id, key, keys, digest.subject, digest.html, digest.text)
-        self._by_key[key] = digest
-        return digest
-
-    @property
-    def rendered(self) -> int:
-        return len(self._by_key)
-
-    @property
-    def digests(self) -> list[Digest]:
-        return list(self._by_key.values())
 
 
 class Sender:
@@ -290,19 +209,6 @@ class Sender:
             self.sleep(chunk)
             left -= chunk
             ledger.renew_lease(self.store, issue_id, self.owner)
-
-
-def next_issue(store: Store | None, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
-               now: datetime) -> ledger.IssueRecord:
-    """The issue a send at `now` would work on, without recording anything: the one already planned for the
-    period, else what planning it now would choose."""
-    period = period_of(now, config)
-    record = ledger.find_issue(store, newsletter.id, period) if store else None
-    if record is None:
-        chosen, number, sizes = planned_posts(store, config, newsletter, posts, now)
-        record = ledger.IssueRecord(0, newsletter.id, period, number, "sending" if chosen else "skipped", now,
-                                    chosen, sizes)
-    return record
 
 
 def send_test_copy(store: Store, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
