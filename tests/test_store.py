@@ -15,7 +15,8 @@ def test_a_new_database_gets_every_table_at_the_newest_version(db_url):
     assert sorted(inspector.get_table_names()) == ["alembic_version", "deliveries", "issue_posts", "issues",
                                                    "settings", "subscribers", "subscriptions", "variants"]
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+        newest = sorted(p.name[:4] for p in MIGRATIONS.joinpath("versions").glob("0*.py"))[-1]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == newest
     store.engine.dispose()
 
 
@@ -36,7 +37,8 @@ def test_opening_an_older_database_upgrades_it_and_keeps_its_rows(db_url):
     engine.dispose()
     store = open_store(db_url)
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+        newest = sorted(p.name[:4] for p in MIGRATIONS.joinpath("versions").glob("0*.py"))[-1]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == newest
         assert conn.execute(sa.text("SELECT email, name, status FROM subscribers")).all() == [
             ("Old@example.org", "Old Timer", "active")]
         assert conn.execute(sa.text("SELECT newsletter, categories FROM subscriptions")).all() == [
