@@ -74,8 +74,10 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
     """
     from .deliver import make_provider
     from .deliver.run import dry_run as plan_dry
-    from .deliver.run import send_test_copy
-    from .plan import period_of, plan_or_resume
+    from .deliver.run import send_newsletter, send_test_copy
+    from .ledger import counts
+    from .plan import period_of
+    from .store import engine_safe
     from .subscribers import normalise_email
 
     config = state.config()
@@ -101,38 +103,41 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
                        f"through {chosen.name}")
         return
     wanted = period_of(now, config, newsletter)
-    while True:
-        record, created = plan_or_resume(store, config, newsletter, posts, now)
+    progress: list[Progress] = []
+
+    def starting(record, created):
         if record.period != wanted:
             click.echo(f"{newsletter.id}: the issue for {record.period} was left unfinished; resuming it before "
                        f"the issue for {wanted}", err=True)
-        code = _send_one(state, config, store, newsletter, chosen, record, created, now, retry_unknown)
-        state.exit_code = max(state.exit_code, code)
-        if record.period == wanted:
-            return
+        if record.status == "skipped":
+            return None
+        before = counts(store, record.id)
+        click.echo(f"{newsletter.id}: {'planned' if created else 'resuming'} issue {record.number} (id {record.id}) "
+                   f"for {record.period}: {len(record.posts)} post(s), {sum(before.values())} delivery(ies), "
+                   f"through {chosen.name}; database {engine_safe(config.database_url)}", err=True)
+        final = sum(n for status, n in before.items() if status in ("sent", "failed", "skipped"))
+        progress.append(Progress(f"{newsletter.id} {record.period}", sum(before.values()), final))
+        return progress[-1]
+
+    def finished(report):
+        if progress:
+            progress.pop().stop()
+        state.exit_code = max(state.exit_code, _print_report(report, newsletter, config, chosen, now))
+
+    try:
+        send_newsletter(store, config, newsletter, chosen, posts, now, retry_unknown=retry_unknown,
+                        starting=starting, finished=finished)
+    finally:
+        for bar in progress:
+            bar.stop()
 
 
-def _send_one(state, config, store, newsletter, chosen, record, created, now, retry_unknown) -> int:
-    """Send (or resume) one planned issue and print how it went; returns the exit status it calls for."""
-    from .deliver.run import Sender
-    from .ledger import counts
-    from .store import engine_safe
-
-    if record.status == "skipped":
-        click.echo(f"{newsletter.id}: issue for {record.period} skipped: nothing in the last "
+def _print_report(report, newsletter, config, chosen, now) -> int:
+    """What one issue's send did; returns the exit status it calls for."""
+    if report.skipped_issue:
+        click.echo(f"{newsletter.id}: issue for {report.period} skipped: nothing in the last "
                    f"{format_duration(newsletter.window)} that an earlier issue did not carry")
         return 0
-    before = counts(store, record.id)
-    click.echo(f"{newsletter.id}: {'planned' if created else 'resuming'} issue {record.number} (id {record.id}) for "
-               f"{record.period}: {len(record.posts)} post(s), {sum(before.values())} delivery(ies), through "
-               f"{chosen.name}; database {engine_safe(config.database_url)}", err=True)
-    final = sum(n for status, n in before.items() if status in ("sent", "failed", "skipped"))
-    progress = Progress(f"{newsletter.id} {record.period}", sum(before.values()), final)
-    try:
-        report = Sender(store, config, newsletter, chosen, progress=progress).run(record, now,
-                                                                                  retry_unknown=retry_unknown)
-    finally:
-        progress.stop()
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if report.recovered:
@@ -141,10 +146,10 @@ def _send_one(state, config, store, newsletter, chosen, record, created, now, re
     _print_counts(report.counts)
     if report.counts.get("unknown"):
         click.echo(f"{report.counts['unknown']} delivery(ies) are unknown: the provider may or may not have sent "
-                   f"them. See `newsletter status {record.id}`; once you know they did not arrive, send them with "
-                   f"`newsletter send {newsletter.id} --now {now.isoformat()} --retry-unknown`.", err=True)
+                   f"them. See `newsletter status {report.issue_id}`; once you know they did not arrive, send them "
+                   f"with `newsletter send {newsletter.id} --now {now.isoformat()} --retry-unknown`.", err=True)
     if chosen.name == "outbox":
-        click.echo(f"messages are in {config.delivery.outbox / f'{newsletter.id}-{record.period}'}", err=True)
+        click.echo(f"messages are in {config.delivery.outbox / f'{newsletter.id}-{report.period}'}", err=True)
     return report.exit_code
 
 

@@ -96,15 +96,19 @@ class Variants:
             return self._by_key[key]
         selection = Selection(tuple(subset), group_sections(subset, self.newsletter.categories),
                               self.record.reference_time, self.record.reference_time)
-        stored = ledger.load_variant(self.store, self.record.id, key) if self.store and self.record.id else None
-        if stored is not None:
-            digest = Digest(self.newsletter.id, self.issue_info, selection, stored.subject, stored.html,
-                            stored.text, ())
-        else:
+        keeps = self.store is not None and bool(self.record.id)
+        stored = ledger.load_variant(self.store, self.record.id, key) if keeps else None
+        digest = None
+        if stored is None:
             digest = render_digest(self.env, newsletter=self.newsletter, site=self.config.site,
                                    issue=self.issue_info, selection=selection, image_sizes=self.record.image_sizes)
-            if self.store and self.record.id:
-                ledger.save_variant(self.store, self.record.id, key, keys, digest.subject, digest.html, digest.text)
+            if keeps and not ledger.save_variant(self.store, self.record.id, key, keys, digest.subject, digest.html,
+                                                 digest.text):
+                # another process rendered and stored it at the same moment: theirs is the frozen one
+                stored, digest = ledger.load_variant(self.store, self.record.id, key), None
+        if digest is None:
+            digest = Digest(self.newsletter.id, self.issue_info, selection, stored.subject, stored.html,
+                            stored.text, ())
         self._by_key[key] = digest
         return digest
 

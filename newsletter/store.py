@@ -22,6 +22,30 @@ from .errors import NewsletterError
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 metadata = sa.MetaData()
 
+
+class Instant(sa.types.TypeDecorator):
+    """A moment, stored as UTC on every database and read back as an aware UTC datetime.
+
+    SQLite keeps no offset: an aware value in the site's zone would be stored as its wall-clock time and read
+    back as if it were UTC. Converting on the way in makes both databases agree."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"a naive datetime ({value.isoformat()}) cannot be stored: its zone is unknown")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 settings = sa.Table(
     "settings", metadata,
     sa.Column("key", sa.String(64), primary_key=True),
@@ -36,8 +60,8 @@ subscribers = sa.Table(
     sa.Column("name", sa.String(200), nullable=False, server_default=""),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("source", sa.String(64), nullable=False, server_default=""),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Instant(), nullable=False),
+    sa.Column("updated_at", Instant(), nullable=False),
 )  # fmt: skip
 
 subscriptions = sa.Table(
@@ -45,7 +69,7 @@ subscriptions = sa.Table(
     sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("newsletter", sa.String(64), primary_key=True),
     sa.Column("categories", sa.Text, nullable=False, server_default=""),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Instant(), nullable=False),
     sa.Index("ix_subscriptions_newsletter", "newsletter"),
 )  # fmt: skip
 
@@ -56,11 +80,11 @@ issues = sa.Table(
     sa.Column("period", sa.String(32), nullable=False),
     sa.Column("number", sa.Integer, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("planned_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("reference_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("planned_at", Instant(), nullable=False),
+    sa.Column("reference_time", Instant(), nullable=False),
     sa.Column("posts", sa.Text, nullable=False),
     sa.Column("lease_owner", sa.String(200)),
-    sa.Column("lease_expires", sa.DateTime(timezone=True)),
+    sa.Column("lease_expires", Instant()),
     sa.UniqueConstraint("newsletter", "period", name="uq_issues_newsletter_period"),
 )  # fmt: skip
 
@@ -91,8 +115,8 @@ deliveries = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("message_id", sa.String(255)),
     sa.Column("claim", sa.String(64)),
-    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
+    sa.Column("next_attempt_at", Instant()),
+    sa.Column("updated_at", Instant()),
     sa.Column("audience", sa.Text),
     sa.UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
     sa.Index("ix_deliveries_issue_status", "issue_id", "status", "id"),

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from newsletter.cli import cli
 
-from .conftest import FIXTURES, ROOT
+from .conftest import FIXTURES, ROOT, dead_owner
 
 NOW = "2026-01-05T07:00:00+00:00"
 
@@ -101,7 +101,6 @@ def test_send_then_resend_then_status(run, tmp_path):
 
 def test_unknown_deliveries_exit_3_and_say_how_to_resolve_them(run):
     import os
-    import socket
 
     from newsletter import ledger
     from newsletter.config import load_config
@@ -116,7 +115,7 @@ def test_unknown_deliveries_exit_3_and_say_how_to_resolve_them(run):
 
     record, _ = plan_or_resume(store, config, config.newsletter("weekly"), read_posts(config.site, FIXED_NOW).posts,
                                FIXED_NOW)
-    ledger.acquire_lease(store, record.id, f"{socket.gethostname()}:999999999:gone")
+    ledger.acquire_lease(store, record.id, dead_owner())
     ledger.claim(store, record.id, "weekly", 2, "lost")
     store.engine.dispose()
     result = run("--now", NOW, "send", "weekly")
