@@ -234,13 +234,22 @@ def check(state: State) -> None:
     found = state.posts(config, now)
     click.echo(f"{config.where}: {len(config.newsletters)} newsletter(s), {len(found)} post(s) in "
                f"{config.site.source}, {len(state.warnings)} warning(s)")
+    from .schedule import next_fires
+
+    for newsletter in config.newsletters.values():
+        if not newsletter.schedule:
+            click.echo(f"{newsletter.id}: no schedule (sent by hand or one-off)")
+            continue
+        fire = next_fires(newsletter, now, 1)
+        when = f"{fire[0].isoformat()} ({fire[0].astimezone(timezone.utc).isoformat()})" if fire else "never"
+        click.echo(f"{newsletter.id}: {'; '.join(newsletter.schedule)} in {newsletter.timezone.key}, next fire {when}")
 
 
 def main() -> None:
     cli(prog_name="newsletter")
 
 
-from . import cli_send, cli_subscribers  # noqa: E402, F401  (importing them adds their commands to `cli`)
+from . import cli_schedule, cli_send, cli_subscribers  # noqa: E402, F401  (importing them adds their commands to `cli`)
 
 if __name__ == "__main__":
     main()

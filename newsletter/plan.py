@@ -21,6 +21,7 @@ from .config import Config, NewsletterConfig
 from .digest import image_sizes, view_url
 from .posts import Post
 from .render import IssueInfo
+from .schedule import manual_period
 from .select import Selection, select_posts
 from .store import Store
 
@@ -35,8 +36,11 @@ class Plan:
 
 
 def period_of(now: datetime, config: Config, newsletter: NewsletterConfig) -> str:
-    """The period of a send at `now`: its day in the newsletter's time zone (the site's unless it sets one)."""
-    return now.astimezone(newsletter.timezone).date().isoformat()
+    """The period of a send by hand at `now`: its day in the newsletter's time zone (the site's unless it sets
+    one), the same period a scheduled fire that day has, so that the two find one issue. On a day its schedule
+    fires more than once, the period of the latest fire at or before `now` (or the day's first fire before any
+    came): see schedule.manual_period."""
+    return manual_period(newsletter, now)
 
 
 def plan_issue(config: Config, newsletter: NewsletterConfig, posts: Iterable[Post], now: datetime, *,

@@ -230,3 +230,52 @@ def migrate(engine: Engine) -> None:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7160457)"))  # one migrator at a time
         alembic.attributes["connection"] = conn
         command.upgrade(alembic, "head")
+
+
+# The scheduler's tables (migration 0004): the active daemon's lease, every daemon, per-newsletter state, fires.
+schedule_lease = sa.Table(
+    "schedule_lease", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("owner", sa.String(64)),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("since", Instant()),
+    sa.Column("heartbeat", Instant()),
+    sa.Column("beat", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("seconds", sa.Integer, nullable=False, server_default="30"),
+)  # fmt: skip
+
+schedule_daemons = sa.Table(
+    "schedule_daemons", metadata,
+    sa.Column("owner", sa.String(64), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", Instant(), nullable=False),
+    sa.Column("heartbeat", Instant(), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+)  # fmt: skip
+
+schedule_state = sa.Table(
+    "schedule_state", metadata,
+    sa.Column("newsletter", sa.String(64), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("paused_at", Instant()),
+    sa.Column("checked_until", Instant()),
+    sa.Column("updated_at", Instant(), nullable=False),
+)  # fmt: skip
+
+schedule_fires = sa.Table(
+    "schedule_fires", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("newsletter", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("fire_time", Instant(), nullable=False),
+    sa.Column("period", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("issue_id", sa.Integer, sa.ForeignKey("issues.id", ondelete="SET NULL")),
+    sa.Column("detail", sa.Text),
+    sa.Column("recorded_at", Instant(), nullable=False),
+    sa.Column("updated_at", Instant(), nullable=False),
+    sa.UniqueConstraint("newsletter", "kind", "fire_time", name="uq_schedule_fires_newsletter_time"),
+    sa.Index("ix_schedule_fires_status", "status", "fire_time"),
+)  # fmt: skip

@@ -37,7 +37,8 @@ def all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 
 def test_every_command_has_help(run):
     names = [" ".join(path) for path, _ in all_commands(cli)]
-    assert names == ["check", "posts", "preview", "send", "status", "subscribers", "subscribers add",
+    assert names == ["check", "posts", "preview", "run", "schedule", "schedule at", "schedule cancel",
+                     "schedule pause", "schedule resume", "send", "status", "subscribers", "subscribers add",
                      "subscribers export", "subscribers import", "subscribers list", "subscribers remove",
                      "subscribers show"]
     for path, command in all_commands(cli):
@@ -142,7 +143,10 @@ def test_errors_have_messages_and_exit_codes(run, tmp_path):
 def test_check_summarises(run):
     result = run("--now", NOW, "check")
     assert result.exit_code == 0
-    assert result.stdout == f"newsletter.toml: 2 newsletter(s), 14 post(s) in {ROOT / 'site'}, 0 warning(s)\n"
+    assert result.stdout == (f"newsletter.toml: 2 newsletter(s), 14 post(s) in {ROOT / 'site'}, 0 warning(s)\n"
+                             "weekly: 0 8 * * mon in Europe/London, next fire 2026-01-05T08:00:00+00:00 "
+                             "(2026-01-05T08:00:00+00:00)\n"
+                             "lab: no schedule (sent by hand or one-off)\n")
 
 
 def test_python_dash_m_runs_the_same_command_line():
