@@ -194,6 +194,10 @@ def status(state: State, issue_id: int | None, as_json: bool) -> None:
             tally = ", ".join(f"{s} {n}" for s, n in sorted(issue["counts"].items())) or "no deliveries"
             click.echo(f"{issue['id']}\t{issue['newsletter']}\t{issue['period']}\t#{issue['number']}\t"
                        f"{issue['status']}\t{tally}")
+        from .schedule import list_fires
+
+        for fire in list_fires(store, statuses=["missed"], limit=20):
+            click.echo(f"missed fire\t{fire.newsletter}\t{fire.fire_time.isoformat()}\t{fire.period}")
         return
     found = next((i for i in issues if i["id"] == issue_id), None)
     if found is None:
