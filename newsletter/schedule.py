@@ -18,7 +18,6 @@ The truth about what was sent is the ledger; schedule_fires only records what ea
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from datetime import date, datetime, time, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from . import ledger
 from .clock import format_duration
 from .config import Config, NewsletterConfig
 from .errors import NewsletterError, UnknownNameError
@@ -396,15 +396,16 @@ class Holder:
 
 class DaemonLease:
     """The active-daemon lease: a row naming its owner, with a heartbeat counter the owner bumps every third of
-    the lease. A standby takes it when the row is free, or when the counter has not moved for a whole lease
-    (and a safety margin) as timed by the standby's own monotonic clock, so that neither clock skew between
-    hosts nor a change of the wall clock makes it take over from a live daemon."""
+    the lease. A standby takes it when the row is free, when its holder is a process of this host that is
+    gone (as the ledger tells issue leases apart), or when the counter has not moved for a whole lease (and a
+    safety margin) as timed by the standby's own monotonic clock, so that neither clock skew between hosts nor
+    a change of the wall clock makes it take over from a live daemon."""
 
     def __init__(self, store: Store, seconds: int = DEFAULT_LEASE, *, owner: str | None = None):
         if not 1 <= seconds <= MAX_LEASE:
             raise ValueError(f"the lease must be between 1 and {MAX_LEASE} seconds, not {seconds}")
         self.store, self.seconds = store, seconds
-        self.owner = owner or secrets.token_hex(8)
+        self.owner = owner or ledger.lease_owner()
         self.host, self.pid = socket.gethostname(), os.getpid()
         self._seen: tuple[str | None, int] | None = None
         self._seen_at = 0.0
@@ -422,7 +423,7 @@ class DaemonLease:
         holder = self.holder()
         if holder is not None and holder.owner == self.owner:
             return True
-        if holder is not None:
+        if holder is not None and not ledger._owner_is_dead(holder.owner):
             seen = (holder.owner, holder.beat)
             if seen != self._seen:
                 self._seen, self._seen_at = seen, monotonic

@@ -236,7 +236,7 @@ def migrate(engine: Engine) -> None:
 schedule_lease = sa.Table(
     "schedule_lease", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("owner", sa.String(64)),
+    sa.Column("owner", sa.String(255)),
     sa.Column("host", sa.String(255)),
     sa.Column("pid", sa.Integer),
     sa.Column("since", Instant()),
@@ -247,7 +247,7 @@ schedule_lease = sa.Table(
 
 schedule_daemons = sa.Table(
     "schedule_daemons", metadata,
-    sa.Column("owner", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(255), primary_key=True),
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("started_at", Instant(), nullable=False),

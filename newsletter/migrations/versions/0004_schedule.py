@@ -24,7 +24,7 @@ def upgrade() -> None:
     lease = op.create_table(
         "schedule_lease",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("owner", sa.String(64)),
+        sa.Column("owner", sa.String(255)),
         sa.Column("host", sa.String(255)),
         sa.Column("pid", sa.Integer),
         sa.Column("since", sa.DateTime(timezone=True)),
@@ -35,7 +35,7 @@ def upgrade() -> None:
     op.bulk_insert(lease, [{"id": 1, "beat": 0}])
     op.create_table(
         "schedule_daemons",
-        sa.Column("owner", sa.String(64), primary_key=True),
+        sa.Column("owner", sa.String(255), primary_key=True),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("pid", sa.Integer, nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
