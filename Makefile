@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The sample site's posts run to 4 January 2026; the demo is pinned so it never shows an empty digest.
 DEMO_NOW := 2026-01-05T07:00:00+00:00
+# The scheduler demo starts its clock ten seconds before the weekly newsletter's Monday 08:00 fire.
+DEMO_RUN_NOW := 2026-01-05T07:59:50+00:00
+DEMO_RUN_DB := sqlite:///$(CURDIR)/scheduled.db
 
-.PHONY: demo test bench lint clean
+.PHONY: demo demo-run test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,16 @@ demo: $(STAMP)
 	$(BIN)/newsletter --now $(DEMO_NOW) send lab
 	@echo "Previews are in previews/ (open previews/weekly.html in a browser); the sent messages are .eml files"
 	@echo "under outbox/, one per subscriber. Run make demo again: the sends resume and nobody gets a second copy."
+	@echo "To try the scheduler daemon: make demo-run (on a database of its own, scheduled.db, it fires the weekly"
+	@echo "schedule ten seconds after it starts and sends through the outbox; Ctrl-C stops it). A one-off send:"
+	@echo "newsletter schedule at NEWSLETTER <a few seconds ahead>, then newsletter run (see README.md)."
+
+# Blocks until Ctrl-C: the daemon runs until stopped.
+demo-run: $(STAMP)
+	rm -f scheduled.db scheduled.db-wal scheduled.db-shm
+	NEWSLETTER_DATABASE_URL=$(DEMO_RUN_DB) $(BIN)/newsletter subscribers import subscribers/sample.csv
+	NEWSLETTER_DATABASE_URL=$(DEMO_RUN_DB) $(BIN)/newsletter --now $(DEMO_RUN_NOW) schedule
+	NEWSLETTER_DATABASE_URL=$(DEMO_RUN_DB) $(BIN)/newsletter --now $(DEMO_RUN_NOW) run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -35,3 +48,4 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) previews outbox newsletter.db newsletter.db-wal newsletter.db-shm .pytest_cache
+	rm -f scheduled.db scheduled.db-wal scheduled.db-shm

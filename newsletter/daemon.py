@@ -35,6 +35,7 @@ UTC = timezone.utc
 POLL_SECONDS = 5.0
 PROGRESS_SECONDS = 5.0
 WARM_STOP_SECONDS = 9.0
+_REASONS = {"fire": "fire", "one-off": "one-off send", "resume": "resuming the fire"}
 
 
 # --- one send ----------------------------------------------------------------------------------------------
@@ -81,8 +82,8 @@ def send_job(store: Store, config: Config, job: schedule.Job, now: datetime, *, 
             worked.add(record.id)
             if record.period == job.period:
                 schedule.set_fire(store, job.fire_ids, "sending", issue_id=record.id)
-            log.info("%s issue %d for %s (%s, fire at %s): %d post(s), through %s",
-                     "planned" if created else "resuming", record.number, record.period, job.reason,
+            log.info("%s issue %d for %s (%s at %s): %d post(s), through %s",
+                     "planned" if created else "resuming", record.number, record.period, _REASONS[job.reason],
                      job.fire_time.isoformat(), len(record.posts), provider.name, extra=extra)
             report = Sender(store, config, newsletter, provider, stop=stop,
                             progress=_Progress(job.newsletter, record, progress_every)).run(record, now)
@@ -209,8 +210,8 @@ class Daemon:
         self.signals += 1
         name = signal.Signals(signum).name
         if self.signals == 1:
-            log.info("%s: warm stop: finishing the batch in hand, then giving up the lease (again for a cold "
-                     "stop)", name)
+            log.info("%s: warm stop: finishing the batch in hand, then giving up the lease (signal again for "
+                     "a cold stop)", name)
             self.stopping = True
             self.send_stop.set()
             self.wake.set()
@@ -312,9 +313,8 @@ class Daemon:
     def _start(self, job: schedule.Job) -> None:
         if job.newsletter in self.sends:
             return
-        log.info("%s at %s: sending the issue for %s", {"fire": "fire", "one-off": "one-off send",
-                                                          "resume": "resuming the send"}[job.reason],
-                 job.fire_time.isoformat(), job.period, extra={"newsletter": job.newsletter, "issue": None})
+        log.info("%s at %s: sending the issue for %s", _REASONS[job.reason], job.fire_time.isoformat(),
+                 job.period, extra={"newsletter": job.newsletter, "issue": None})
 
         def work() -> None:
             outcome = send_job(self.store, self.config, job, self.clock(), provider_name=self.provider_name,

@@ -331,3 +331,32 @@ def test_one_off_times_in_the_past_and_unknown_ids_are_refused_with_how_to_fix(s
         schedule.cancel_one_off(site.store, 99)
     with sa.create_engine(site.config.database_url).connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM schedule_fires")).scalar_one() == 0
+
+
+# --- the daemon lease ----------------------------------------------------------------------------------------
+
+
+def test_a_standby_takes_the_lease_only_when_the_heartbeat_stops_for_a_lease_by_its_own_clock(site):
+    active = schedule.DaemonLease(site.store, 10, owner="host-a:100|ns|1|aa")
+    standby = schedule.DaemonLease(site.store, 10, owner="host-b:200|ns|1|bb")
+    assert active.try_acquire(monotonic=0.0)
+    assert not standby.try_acquire(monotonic=0.0)
+    assert active.renew()
+    assert not standby.try_acquire(monotonic=100.0)  # the heartbeat moved: a live daemon, however long ago seen
+    assert not standby.try_acquire(monotonic=110.5)  # silent for 10.5 s: not yet a lease and its margin
+    assert standby.holder().owner == "host-a:100|ns|1|aa"
+    assert standby.try_acquire(monotonic=111.5)
+    assert standby.holder().owner == "host-b:200|ns|1|bb"
+    assert not active.renew()  # the old holder learns it lost the lease, and stops sending
+
+
+def test_a_daemon_of_this_host_that_is_gone_is_taken_over_at_once(site):
+    import socket
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = schedule.DaemonLease(site.store, 60, owner=f"{socket.gethostname()}:{gone.pid}|"
+                                                      f"{ledger._pid_namespace()}||dead")
+    assert dead.try_acquire(monotonic=0.0)
+    assert schedule.DaemonLease(site.store, 60).try_acquire(monotonic=0.0)
