@@ -103,7 +103,9 @@ def fires_between(newsletter: NewsletterConfig, after: datetime, until: datetime
             continue
         if fire.astimezone(UTC) > until:
             return found
-        if fire.astimezone(UTC) > after.astimezone(UTC) and (not found or fire != found[-1]):
+        instant = fire.astimezone(UTC)
+        # one fire per instant: the moment of a spring-forward change may also be the next fire's
+        if instant > after.astimezone(UTC) and (not found or instant != found[-1].astimezone(UTC)):
             found.append(fire)
 
 
