@@ -187,7 +187,7 @@ def status(state: State, issue_id: int | None, as_json: bool) -> None:
     issues = ledger.list_issues(store)
     if issue_id is None:
         if as_json:
-            click.echo(json.dumps([{k: i[k] for k in ("id", "newsletter", "period", "counts")} for i in issues],
+            click.echo(json.dumps([{k: i[k] for k in ("id", "newsletter", "period", "status", "counts")} for i in issues],
                                   indent=2))
             return
         for issue in issues:
@@ -204,7 +204,7 @@ def status(state: State, issue_id: int | None, as_json: bool) -> None:
         raise UnknownNameError(f"no issue {issue_id}; `newsletter status` lists them")
     rows = ledger.open_deliveries(store, issue_id)
     if as_json:
-        click.echo(json.dumps({**{k: found[k] for k in ("id", "newsletter", "period", "counts")},
+        click.echo(json.dumps({**{k: found[k] for k in ("id", "newsletter", "period", "status", "counts")},
                                "deliveries": [{k: r[k] for k in ("email", "status", "error")} for r in rows]},
                               indent=2, ensure_ascii=False))
         return

@@ -58,6 +58,7 @@ DELIVERY_KEYS = {
     "batch_size": 100,
     "max_attempts": 5,
     "retry_delay": 30.0,
+    "deadline": "1h",
     "smtp": {},
     "sendgrid": {},
 }
@@ -152,6 +153,8 @@ class DeliveryConfig:
     batch_size: int = 100
     max_attempts: int = 5
     retry_delay: float = 30.0
+    #: how long a send may wait out rate limits and retries before it stops with the rest pending
+    deadline: timedelta = timedelta(hours=1)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     sendgrid: SendgridConfig = field(default_factory=SendgridConfig)
 
@@ -502,6 +505,7 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
         batch_size=_number(table, "delivery", "batch_size", 100, check, high=10_000),
         max_attempts=_number(table, "delivery", "max_attempts", 5, check, high=100),
         retry_delay=_number(table, "delivery", "retry_delay", 30.0, check, kind=float, low=0),
+        deadline=_duration(table, "delivery", "deadline", "1h", check),
         smtp=SmtpConfig(
             host=check.typed(smtp_table, "delivery.smtp", "host", str, "localhost"),
             port=_number(smtp_table, "delivery.smtp", "port", SECURITY[security], check, high=65535),

@@ -441,14 +441,25 @@ def list_issues(store: Store) -> list[dict]:
     """Every issue with its counts per delivery status, newest first."""
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(issues.c.id, issues.c.newsletter, issues.c.period, issues.c.number,
-                                      issues.c.status).order_by(issues.c.id.desc())).all()
+                                      issues.c.status, issues.c.lease_owner, issues.c.lease_expires)
+                            .order_by(issues.c.id.desc())).all()
         tallies = conn.execute(sa.select(deliveries.c.issue_id, deliveries.c.status, sa.func.count())
                                .group_by(deliveries.c.issue_id, deliveries.c.status)).all()
     by_issue: dict[int, dict[str, int]] = {}
     for issue_id, status, n in tallies:
         by_issue.setdefault(issue_id, {})[status] = n
-    return [{"id": r.id, "newsletter": r.newsletter, "period": r.period, "number": r.number, "status": r.status,
-             "counts": by_issue.get(r.id, {})} for r in rows]
+    now = utcnow()
+    return [{"id": r.id, "newsletter": r.newsletter, "period": r.period, "number": r.number,
+             "status": _issue_state(r.status, r.lease_owner, r.lease_expires, now), "counts": by_issue.get(r.id, {})}
+            for r in rows]
+
+
+def _issue_state(status: str, owner: str | None, expires: datetime | None, now: datetime) -> str:
+    """What `status` shows: `sending` only while a process holds the lease; an issue whose send was cut short
+    is `unfinished` (the next send of that newsletter resumes it first)."""
+    if status == "sending" and not (owner and expires and expires > now):
+        return "unfinished"
+    return status
 
 
 def open_deliveries(store: Store, issue_id: int) -> list[dict]:

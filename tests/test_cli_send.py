@@ -89,9 +89,9 @@ def test_send_then_resend_then_status(run, tmp_path):
     assert again.exit_code == 0
     assert "weekly: resuming issue 1 (id 1)" in again.stderr
     listing = json.loads(run("status", "--json").stdout)
-    assert listing == [{"id": 1, "newsletter": "weekly", "period": "2026-01-05", "counts": {"sent": 8}}]
+    assert listing == [{"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8}}]
     one = json.loads(run("status", "1", "--json").stdout)
-    assert one == {"id": 1, "newsletter": "weekly", "period": "2026-01-05", "counts": {"sent": 8}, "deliveries": []}
+    assert one == {"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8}, "deliveries": []}
     assert run("status").stdout == "1\tweekly\t2026-01-05\t#1\tdone\tsent 8\n"
     assert run("status", "9").exit_code == 2
     empty = run("--now", "2026-01-06T07:00:00+00:00", "send", "weekly")

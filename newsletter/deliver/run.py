@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .. import ledger
+from ..clock import format_duration
 from ..config import Config, NewsletterConfig
 from ..digest import Variants
 from ..errors import NewsletterError
@@ -26,7 +27,7 @@ from ..posts import Post
 from ..render import Digest, Recipient
 from ..store import Store, utcnow
 from ..tokens import TEST_SUBSCRIBER, Tokens
-from .base import Batch, Envelope, Outcome, Provider, RetryBatch, SplitBatch, StopSend
+from .base import Batch, Envelope, Outcome, Provider, RateLimited, RetryBatch, SplitBatch, StopSend
 
 EXIT_UNKNOWN = 3
 LINKS_WARNING = ("[web] base_url is not set, so unsubscribe and preferences links point at the blog "
@@ -71,11 +72,14 @@ class Sender:
 
     def __init__(self, store: Store, config: Config, newsletter: NewsletterConfig, provider: Provider, *,
                  progress: Callable[[list[ledger.Mark]], None] | None = None,
-                 sleep: Callable[[float], None] | None = None, stop: threading.Event | None = None):
+                 sleep: Callable[[float], None] | None = None, stop: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.store, self.config, self.newsletter, self.provider = store, config, newsletter, provider
         self.progress = progress or (lambda marks: None)
         self.stop = stop
         self.sleep = sleep or (stop.wait if stop is not None else time.sleep)
+        self.clock = clock
+        self.deadline = float("inf")
         self.owner = ledger.lease_owner()
         self.claimed: set[int] = set()
         self.in_flight: set[int] = set()  # handed to the provider, no answer yet
@@ -89,6 +93,7 @@ class Sender:
             report.skipped_issue = True
             return report
         ledger.acquire_lease(self.store, record.id, self.owner)
+        self.deadline = self.clock() + self.config.delivery.deadline.total_seconds()
         try:
             with ledger.Heartbeat(self.store, record.id, self.owner) as self.heartbeat:
                 # Only rows the operator has seen as unknown are retried: those a dead process left in flight
@@ -205,34 +210,57 @@ class Sender:
         return dataclasses.replace(batch, envelopes=kept) if kept else None
 
     def _deliver(self, batch: Batch, attempt: int = 1) -> None:
-        self._check()
-        batch = self._still_wanted(batch)
-        if batch is None:
-            return
-        self.in_flight = {e.delivery_id for e in batch.envelopes}
-        try:
-            outcomes = self.provider.send(batch)
-        except SplitBatch:
-            self.in_flight = set()
-            for half in batch.split():
-                self._deliver(half, attempt)
-            return
-        except RetryBatch as err:
-            self.in_flight = set()
-            if attempt >= self.config.delivery.max_attempts:
+        """Hand one batch to the provider until it answers for every envelope. A 429 is waited out as the
+        provider says without counting as an attempt; other refusals count against max_attempts; every wait
+        must end within the send's deadline."""
+        limited = 0
+        while True:
+            self._check()
+            batch = self._still_wanted(batch)
+            if batch is None:
+                return
+            if (pause := self.provider.pause()) > 0:
+                self._wait(self._within_deadline(pause, f"{self.provider.name}: the rate limit's quota is spent"))
+                continue  # re-check who is still wanted after the wait
+            self.in_flight = {e.delivery_id for e in batch.envelopes}
+            try:
+                outcomes = self.provider.send(batch)
+            except SplitBatch:
+                self.in_flight = set()
+                for half in batch.split():
+                    self._deliver(half, attempt)
+                return
+            except RateLimited as err:
+                self.in_flight = set()
+                limited += 1
+                wait = err.after if err.after is not None else min(60.0, 2.0 ** limited)
+                self._wait(self._within_deadline(wait, f"{self.provider.name}: {err}"))
+                continue
+            except RetryBatch as err:
+                self.in_flight = set()
+                if attempt >= self.config.delivery.max_attempts:
+                    raise
+                wait = err.after if err.after is not None else (
+                    self.config.delivery.retry_delay * 2 ** (attempt - 1) * random.uniform(1.0, 1.25))
+                self._wait(self._within_deadline(wait, f"{self.provider.name}: {err}"))
+                attempt += 1
+                continue
+            except StopSend as err:
+                self.in_flight = set()
+                if err.outcomes:
+                    self._record_outcomes(batch, err.outcomes)
                 raise
-            wait = err.after if err.after is not None else (
-                self.config.delivery.retry_delay * 2 ** (attempt - 1) * random.uniform(1.0, 1.25))
-            self._wait(wait)
-            self._deliver(batch, attempt + 1)
-            return
-        except StopSend as err:
+            self._record_outcomes(batch, outcomes)
             self.in_flight = set()
-            if err.outcomes:
-                self._record_outcomes(batch, err.outcomes)
-            raise
-        self._record_outcomes(batch, outcomes)
-        self.in_flight = set()
+            return
+
+    def _within_deadline(self, wait: float, why: str) -> float:
+        """`wait`, unless waiting that long would end past the send's deadline: then the send stops."""
+        if self.clock() + wait > self.deadline:
+            raise ProviderUnavailable(f"{why}; the send's deadline ({format_duration(self.config.delivery.deadline)}"
+                                      ") would pass before the provider takes more, so the send stops and the rest "
+                                      "stays pending; run send again later")
+        return wait
 
     def _record_outcomes(self, batch: Batch, outcomes: list[Outcome]) -> None:
         marks = []

@@ -4,7 +4,10 @@ The HTML and text of a variant go once per request; each subscriber is one perso
 address, substitutions for their personal fields (escaped for HTML, text and the Subject separately), their
 List-Unsubscribe headers, and custom_args naming the issue and delivery. How answers are classified:
 - 202 (or 200 in sandbox mode): sent; X-Message-Id is kept.
-- 429 and 5xx: not taken; retried after X-RateLimit-Reset or Retry-After when given.
+- 429: SendGrid saying "slow down": waited out as its headers say, not counted as a failed attempt; and when
+  an answer says the quota is spent (X-RateLimit-Remaining: 0), the next request waits for X-RateLimit-Reset,
+  so that 429s stay rare instead of being retried.
+- 5xx: not taken; retried after Retry-After or X-RateLimit-Reset when given, within max_attempts.
 - 400 naming personalizations: those recipients failed with SendGrid's message; the others go again.
 - 413: the request was too large; sent again in halves.
 - any other 400, 401, 403: the send stops with SendGrid's words, the batch left pending.
@@ -29,7 +32,7 @@ from sendgrid import SendGridAPIClient
 from ..config import SendgridConfig
 from ..message import header_text
 from ..render import PERSONAL_FIELDS, marker
-from .base import Batch, Outcome, Provider, RetryBatch, SplitBatch, StopSend
+from .base import Batch, Outcome, Provider, RateLimited, RetryBatch, SplitBatch, StopSend
 
 KEY_VARIABLE = "SENDGRID_API_KEY"
 _PERSONALIZATION = re.compile(r"^personalizations\.(\d+)")
@@ -48,8 +51,10 @@ def _address(text: str) -> dict[str, str]:
 class SendgridProvider(Provider):
     name = "sendgrid"
 
-    def __init__(self, config: SendgridConfig, api_key: str | None = None):
+    def __init__(self, config: SendgridConfig, api_key: str | None = None, clock=time.time):
         self.config = config
+        self.clock = clock
+        self.resume_at = 0.0  # a Unix time: the quota is spent until then
         self.batch_size = config.batch_size
         self.api_key = api_key if api_key is not None else os.environ.get(KEY_VARIABLE)
         if not self.api_key:
@@ -105,23 +110,33 @@ class SendgridProvider(Provider):
             response = self.client.client.mail.send.post(request_body=self.payload(batch),
                                                          timeout=self.config.timeout)
         except HTTPError as err:
+            self._note_quota(err.headers)
             return self._refused(err, batch)
         except urllib.error.URLError as err:
             raise RetryBatch(f"SendGrid at {self.config.api_host} could not be reached: {err.reason}") from err
         except (OSError, http.client.HTTPException) as err:
             return [Outcome.unknown(f"the request to SendGrid went out but no answer came back: {err!r}")
                     for _ in batch.envelopes]
+        self._note_quota(response.headers)
         message_id = _header(response.headers, "X-Message-Id")
         return [Outcome.sent(message_id) for _ in batch.envelopes]
+
+    def _note_quota(self, headers) -> None:
+        remaining, reset = _header(headers, "X-RateLimit-Remaining"), _header(headers, "X-RateLimit-Reset")
+        if remaining is not None and remaining.strip() == "0" and reset and reset.strip().isdigit():
+            self.resume_at = float(reset)
+
+    def pause(self) -> float:
+        return max(0.0, self.resume_at - self.clock())
 
     def _refused(self, err: HTTPError, batch: Batch) -> list[Outcome]:
         status = err.status_code
         errors = _errors(err.body)
         words = "; ".join(e.get("message") or "" for e in errors) or str(err.reason)
         if status == 429:
-            raise RetryBatch(f"SendGrid rate limit (429): {words}", _wait(err.headers))
+            raise RateLimited(f"SendGrid rate limit (429): {words}", _wait(err.headers, self.clock))
         if status >= 500:
-            raise RetryBatch(f"SendGrid answered {status}: {words}", _wait(err.headers))
+            raise RetryBatch(f"SendGrid answered {status}: {words}", _wait(err.headers, self.clock))
         if status == 413:
             if len(batch.envelopes) == 1:
                 return [Outcome.failed(f"SendGrid 413: the message is too large ({words})")]
@@ -157,12 +172,12 @@ def _header(headers, name: str) -> str | None:
     return str(value) if value is not None else None
 
 
-def _wait(headers) -> float | None:
+def _wait(headers, clock=time.time) -> float | None:
     """Seconds to wait, from Retry-After (seconds) or X-RateLimit-Reset (a Unix time)."""
     retry_after = _header(headers, "Retry-After")
     if retry_after and retry_after.strip().isdigit():
         return float(retry_after)
     reset = _header(headers, "X-RateLimit-Reset")
     if reset and reset.strip().isdigit():
-        return max(0.0, float(reset) - time.time())
+        return max(0.0, float(reset) - clock())
     return None
