@@ -37,6 +37,8 @@ UTC = timezone.utc
 FIRE_STATUSES = ("scheduled", "cancelled", "sending", "sent", "failed", "missed", "coalesced", "paused")
 DEFAULT_LEASE = 30
 MAX_LEASE = 60
+#: a daemon silent for this long (seconds) is no longer listed
+STALE_DAEMON = 4 * MAX_LEASE
 
 
 class ScheduleError(NewsletterError):
@@ -346,10 +348,10 @@ def _decide(store: Store, newsletter: NewsletterConfig, now: datetime) -> Job | 
             else:
                 status, detail = "missed", f"no daemon was running within catch_up ({format_duration(newsletter.catch_up)}) of it"
             if one_off is not None:
-                conn.execute(schedule_fires.update().where(
+                taken = conn.execute(schedule_fires.update().where(
                     (schedule_fires.c.id == one_off) & (schedule_fires.c.status == "scheduled")).values(
-                    status=status, detail=detail, updated_at=stamp))
-                fire_id = one_off
+                    status=status, detail=detail, updated_at=stamp)).rowcount
+                fire_id = one_off if taken else None  # cancelled a moment ago
             else:
                 fire_id = conn.execute(schedule_fires.insert().values(
                     newsletter=newsletter.id, kind="cron", fire_time=fire.astimezone(UTC),
@@ -357,7 +359,7 @@ def _decide(store: Store, newsletter: NewsletterConfig, now: datetime) -> Job | 
                     updated_at=stamp).returning(schedule_fires.c.id)).scalar_one()
             if pair == chosen:
                 chosen_id = fire_id
-    if chosen is None:
+    if chosen is None or chosen_id is None:
         return None
     fire, one_off = chosen
     if one_off is not None:
@@ -460,8 +462,11 @@ class DaemonLease:
                 owner=None, host=None, pid=None, since=None, heartbeat=None))
 
     def register(self, role: str, started: datetime) -> None:
-        """Record this daemon (active or standby) for `newsletter schedule`, with a fresh heartbeat."""
+        """Record this daemon (active or standby) for `newsletter schedule`, with a fresh heartbeat; forget
+        daemons that stopped beating long ago (killed, or their machine lost)."""
         with self.store.engine.begin() as conn:
+            conn.execute(schedule_daemons.delete().where(
+                schedule_daemons.c.heartbeat < utcnow() - timedelta(seconds=STALE_DAEMON)))
             done = conn.execute(schedule_daemons.update().where(schedule_daemons.c.owner == self.owner).values(
                 role=role, heartbeat=utcnow())).rowcount
             if not done:
@@ -482,5 +487,6 @@ def list_daemons(store: Store) -> list[dict]:
     now = utcnow()
     found = [{"owner": r.owner, "host": r.host, "pid": r.pid, "started_at": as_utc(r.started_at).isoformat(),
               "heartbeat_age": round((now - as_utc(r.heartbeat)).total_seconds(), 1),
-              "role": "active" if r.owner == active else "standby"} for r in rows]
+              "role": "active" if r.owner == active else "standby"} for r in rows
+             if (now - as_utc(r.heartbeat)).total_seconds() < STALE_DAEMON]
     return sorted(found, key=lambda d: d["role"] != "active")

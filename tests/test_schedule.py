@@ -360,3 +360,33 @@ def test_a_daemon_of_this_host_that_is_gone_is_taken_over_at_once(site):
                                                       f"{ledger._pid_namespace()}||dead")
     assert dead.try_acquire(monotonic=0.0)
     assert schedule.DaemonLease(site.store, 60).try_acquire(monotonic=0.0)
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+
+def test_bad_schedule_keys_fail_at_load_with_the_file_key_and_reason(tmp_path):
+    from click.testing import CliRunner
+
+    from newsletter.cli import cli
+
+    (tmp_path / "posts").mkdir()
+    toml = tmp_path / "newsletter.toml"
+    toml.write_text('[site]\nsource = "posts"\n'
+                    '[newsletters.a]\nschedule = ["0 8 * * mon", "0 8 * * funday", "0 8 * *"]\n'
+                    'timezone = "Europe/Londres"\ncatch_up = "soon"\n'
+                    '[newsletters.b]\nschedule = 8\nmax_lookback = "1d"\n')
+    result = CliRunner().invoke(cli, ["--config", str(toml), "check"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: the configuration cannot be used:",
+        f"  {toml}: newsletters.a.timezone: 'Europe/Londres' is not an IANA time zone name, like Europe/Paris or UTC",
+        f"  {toml}: newsletters.a.catch_up: 'soon' is not a duration; write a positive number and a unit, like 7d, "
+        "2w or 12h",
+        f"  {toml}: newsletters.a.schedule: '0 8 * * funday' is not a cron expression: Invalid weekday name "
+        "\"funday\"",
+        f"  {toml}: newsletters.a.schedule: '0 8 * *' must have 5 fields: minute hour day month day-of-week, like "
+        "\"0 8 * * mon\"",
+        f"  {toml}: newsletters.b.max_lookback: must be at least the window (7d)",
+        f"  {toml}: newsletters.b.schedule: must be a cron expression like \"0 8 * * mon\", or a list of them, not 8",
+    ]
