@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -390,3 +391,33 @@ def test_bad_schedule_keys_fail_at_load_with_the_file_key_and_reason(tmp_path):
         f"  {toml}: newsletters.b.max_lookback: must be at least the window (7d)",
         f"  {toml}: newsletters.b.schedule: must be a cron expression like \"0 8 * * mon\", or a list of them, not 8",
     ]
+
+
+def test_the_operator_commands_write_the_database_and_say_what_they_did(site, monkeypatch):
+    from click.testing import CliRunner
+
+    from newsletter.cli import cli
+
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", site.config.database_url)
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["--config", str(site.folder / "newsletter.toml"), "--now",
+                                        "2026-01-05T07:00:00+00:00", *args])
+
+    assert run("schedule", "pause", "weekly").output == "weekly: paused\n"
+    assert run("schedule", "pause", "weekly").output == "weekly: already paused\n"
+    added = run("schedule", "at", "weekly", "2026-01-05T09:30")
+    assert added.stdout == ("one-off 1: weekly at 2026-01-05T09:30:00+00:00; a running `newsletter run` sends it "
+                            "then (cancel with `newsletter schedule cancel 1`)\n")
+    assert added.stderr == ("warning: weekly is paused: the one-off will be recorded as paused unless you "
+                            "`newsletter schedule resume weekly` first\n")
+    assert run("schedule", "resume", "weekly").output == "weekly: resumed\n"
+    shown = json.loads(run("schedule", "--json").stdout)["newsletters"][0]
+    assert (shown["state"], [o["fire_time"] for o in shown["one_offs"]]) == ("active",
+                                                                             ["2026-01-05T09:30:00+00:00"])
+    assert run("schedule", "cancel", "1").output == "one-off 1 (weekly at 2026-01-05T09:30:00+00:00) cancelled\n"
+    again = run("schedule", "cancel", "1")
+    assert (again.exit_code, again.output) == (1, "error: one-off 1 of weekly cannot be cancelled: it is cancelled "
+                                                  "already\n")
+    unknown = run("schedule", "pause", "daily")
+    assert unknown.exit_code == 2 and "has no newsletter 'daily' under [newsletters]" in unknown.output
