@@ -286,3 +286,26 @@ def test_a_schedule_edited_in_newsletter_toml_is_picked_up_by_the_running_daemon
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=10) == 0
     assert "fire at 2026-01-05T07:01:00+00:00: sending the issue for 2026-01-05" in d.log(daemon)
+
+
+def test_sends_of_different_newsletters_run_at_the_same_time(tmp_path):
+    with SmtpServer(SlowSink()) as server:
+        d = Daemons(tmp_path, f"sqlite:///{tmp_path}/run.db", slow_smtp(server.port))
+        try:
+            addresses = [f"reader{i:04d}@example.org" for i in range(80)]
+            import_csv(d.store, load_config(d.toml), io.StringIO(
+                "email,newsletters\n" + "".join(f"{a},weekly;lab\n" for a in addresses)), "t.csv", FIXED_NOW)
+            d.cli("schedule", "at", "weekly", "2026-01-05T07:00:01+00:00")
+            d.cli("schedule", "at", "lab", "2026-01-05T07:00:01+00:00")
+            daemon = d.start("--poll", "0.5")
+            wait_for(lambda: [s for _, s in d.issues()] == ["done", "done"], 60, "both issues to be sent")
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=10) == 0
+            order = [b"<lab." in message for _, message in server.sink.received]
+        finally:
+            d.close()
+    assert len(order) == 160
+    # one newsletter's messages are interleaved with the other's, not all of one then all of the other
+    first_lab, last_weekly = order.index(True), len(order) - 1 - order[::-1].index(False)
+    first_weekly, last_lab = order.index(False), len(order) - 1 - order[::-1].index(True)
+    assert first_lab < last_weekly and first_weekly < last_lab
