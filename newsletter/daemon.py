@@ -105,8 +105,8 @@ def send_job(store: Store, config: Config, job: schedule.Job, now: datetime, *, 
     except SendStopped:
         log.info("send stopped: what was not sent stays pending; the next start resumes it", extra=extra)
         return "stopped"
-    except ledger.SendBusy as err:
-        log.info("waiting: %s", err, extra=extra)
+    except (ledger.SendBusy, ledger.LeaseLost) as err:
+        log.info("waiting: %s; trying again shortly", err, extra=extra)
         return "busy"
     except Exception as err:  # noqa: BLE001 - one failed send must not stop the daemon
         log.error("send failed: %s; the issue is left resumable: the next fire or the next start resumes it",

@@ -315,7 +315,7 @@ def test_a_failed_send_is_logged_and_the_next_fire_resumes_it_first(site, caplog
     site.tick(MONDAY - timedelta(minutes=1))
     site.tick(MONDAY)
     assert site.fires() == [("2026-01-05T08:00:00+00:00", "failed", "2026-01-05")]
-    assert site.issues() == [("2026-01-05", "sending", {"pending": 3})]
+    assert site.issues() == [("2026-01-05", "unfinished", {"pending": 3})]
     assert "send failed: outbox: cannot write" in caplog.text
     site.config = dataclasses.replace(site.config, delivery=dataclasses.replace(site.config.delivery, outbox=good))
     site.tick(MONDAY + timedelta(days=7))
