@@ -28,8 +28,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from ..config import SmtpConfig
-from ..message import AddressError, Mailbox, address, mailbox
 from ..errors import NewsletterError
+from ..message import AddressError, Mailbox, address, mailbox
 from .base import Batch, Envelope, Outcome, Provider, RetryBatch, StopSend
 
 PASSWORD_VARIABLE = "NEWSLETTER_SMTP_PASSWORD"
