@@ -261,6 +261,28 @@ def inline_css(document: str) -> str:
     ).transform()
 
 
+def subject_where(newsletter: Any) -> str:
+    """How errors name a newsletter's subject template: by its config key."""
+    return f"newsletters.{newsletter.id}.subject"
+
+
+def compile_templates(env: jinja2.Environment, newsletter: Any) -> list[RenderError]:
+    """Load and compile a newsletter's templates and subject without rendering them: an error for each one
+    with a syntax error or missing."""
+    errors = []
+    for name in (f"{newsletter.template}.html.j2", f"{newsletter.template}.txt.j2", None):
+        try:
+            if name is None:
+                _SUBJECT_ENV.from_string(newsletter.subject)
+            else:
+                env.get_template(name)
+        except Exception as err:
+            error = _template_error(err, name or subject_where(newsletter), env.loader.searchpath[0])
+            error.__cause__ = err
+            errors.append(error)
+    return errors
+
+
 def render_digest(
     env: jinja2.Environment,
     *,
@@ -274,7 +296,7 @@ def render_digest(
     nonce = secrets.token_hex(8)
     context = _with_placeholders(_context(newsletter, site, issue, selection, image_sizes), nonce)
     html_name, text_name = f"{newsletter.template}.html.j2", f"{newsletter.template}.txt.j2"
-    subject_name = f"[newsletters.{newsletter.id}] subject"
+    subject_name = subject_where(newsletter)
     document = _seal(inline_css(_render(env, html_name, context)), nonce, html_name)
     text = _seal(_render(env, text_name, context), nonce, text_name)
     subject = _seal(render_subject(newsletter.subject, context, subject_name), nonce, subject_name)

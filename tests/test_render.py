@@ -266,7 +266,7 @@ def test_the_subject_runs_in_the_sandbox(sample_config, sample_posts, monkeypatc
     with pytest.raises(RenderError) as caught:
         render_plan(sample_config, plan)
     message = str(caught.value)
-    assert message.startswith("[newsletters.lab] subject:1: unsafe, refused by the template sandbox: access to "
+    assert message.startswith("newsletters.lab.subject:1: unsafe, refused by the template sandbox: access to "
                               "attribute '__")
     assert message.endswith("object is unsafe.; templates may only use the names listed in the README")
     assert "SG.secret-key" not in message and "pwned" not in message
