@@ -21,6 +21,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from email.header import Header
 from email.headerregistry import Address, HeaderRegistry
 from email.utils import format_datetime, formataddr
 from urllib.parse import quote
@@ -105,7 +106,19 @@ def address_header(name: str, value: Address) -> bytes:
     """An address header; in UTF-8 (RFC 6532) when the local part is not ASCII, since an encoded word is not
     allowed inside an address."""
     policy = WIRE_POLICY if value.username.isascii() else UTF8_POLICY
-    return policy.fold_binary(name, policy.header_store_parse(name, value)[1])
+    line = policy.fold_binary(name, policy.header_store_parse(name, value)[1])
+    return _phrase_fits(name, line, value.display_name, value.addr_spec)
+
+
+def _phrase_fits(name: str, line: bytes, phrase: str, bracketed: str) -> bytes:
+    """`line` when it is within the line limit and keeps <bracketed> literal; otherwise the header made again
+    with the phrase as RFC 2047 encoded words, which fold at any length (a name of 2,000 letters without a
+    space cannot be folded as it is)."""
+    target = f"<{bracketed}>".encode()
+    if target in line.replace(b"\r\n ", b" ") and max(len(part) for part in line.split(b"\r\n")) <= MAX_LINE:
+        return line
+    words = Header(phrase, "utf-8", header_name=name).encode(linesep="\r\n").encode("ascii")
+    return f"{name}: ".encode() + words + b"\r\n " + target + b"\r\n"
 
 
 def link_header(name: str, url: str) -> bytes:
@@ -141,8 +154,10 @@ class MessageTemplate:
         if reply_to:
             shared.append(address_header("Reply-To", address(reply_to)))
         self.head = b"".join(shared)
+        list_id = f"{newsletter_id}.{self.domain}"
         self.tail = (header("Date", format_datetime(date))
-                     + header("List-Id", formataddr((header_text(title), f"{newsletter_id}.{self.domain}"))))
+                     + _phrase_fits("List-Id", header("List-Id", formataddr((header_text(title), list_id))),
+                                    header_text(title), list_id))
         self.boundary = f"=_nl_{secrets.token_hex(12)}".encode()
 
     def render(self, recipient: Recipient, message_id: str) -> bytes:

@@ -172,3 +172,17 @@ def test_a_long_unsubscribe_link_stays_one_link_and_one_too_long_for_a_line_is_r
     with pytest.raises(AddressError, match=r"the List-Unsubscribe link is 1037 characters long; a header line "
                                            r"holds at most 998, so shorten \[web\] base_url"):
         copy_for(Recipient("r@example.org", "", url + "x" * 98))
+
+
+def test_a_name_or_title_too_long_to_fold_becomes_encoded_words_and_every_line_fits():
+    template = MessageTemplate(digest_of("S", "<p>x</p>", "x"), sender="A <a@example.org>", reply_to=None,
+                               list_id=("T" * 2000, "t"), date=FIXED_NOW)
+    raw = template.render(Recipient("r@example.org", "N" * 2000), "<id.1@example.org>")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    msg = parse(raw)
+    assert msg.defects == []
+    assert msg["List-Id"] == "T" * 2000 + " <t.example.org>"
+    to = msg["To"].addresses[0]
+    assert to.addr_spec == "r@example.org"
+    # Python's parser keeps the folding space between encoded words inside a phrase; RFC 2047 readers drop it
+    assert to.display_name.replace(" ", "") == "N" * 2000
