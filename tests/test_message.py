@@ -186,3 +186,25 @@ def test_a_name_or_title_too_long_to_fold_becomes_encoded_words_and_every_line_f
     assert to.addr_spec == "r@example.org"
     # Python's parser keeps the folding space between encoded words inside a phrase; RFC 2047 readers drop it
     assert to.display_name.replace(" ", "") == "N" * 2000
+
+
+labels = st.text(alphabet="abcxyzéüñøåж", min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(local=st.text(alphabet="abcXYZ019._+-éжü", min_size=1, max_size=20).filter(
+           lambda s: not s.startswith(".") and not s.endswith(".") and ".." not in s),
+       domain=st.lists(labels, min_size=1, max_size=3).map(lambda parts: ".".join(parts) + ".example"),
+       name=st.text(max_size=80))
+def test_any_internationalised_address_round_trips_through_the_headers(local, domain, name):
+    import idna
+
+    raw = copy_for(Recipient(f"{local}@{domain}", name))
+    head = head_of(raw)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert b"=?" not in head.split(b"\r\nTo:", 1)[1].split(b"\r\n", 1)[0].split(b"<")[-1]  # never inside <...>
+    msg = email.message_from_string(raw.decode("utf-8"), policy=email.policy.default)
+    to = msg["To"].addresses[0]
+    assert to.domain.isascii() and idna.decode(to.domain) == domain
+    assert to.username == local
+    assert raw.isascii() == local.isascii()

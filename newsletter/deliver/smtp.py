@@ -167,6 +167,10 @@ class SmtpProvider(Provider):
             except _Stale:
                 self._checkin(connection, sound=False)
                 continue
+            except Exception as err:  # _transaction classifies what it can; whatever is left, nobody can tell
+                self._checkin(connection, sound=False)
+                return Outcome.unknown(f"sending to {self.where()} failed at an unknown point: "
+                                       f"{type(err).__name__}: {err}")
             self._checkin(connection, sound)
             return outcome
         return Outcome.retry(f"connections to {self.where()} keep closing before a message")
