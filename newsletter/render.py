@@ -200,8 +200,8 @@ def _template_error(err: Exception, name: str, searchpath: str | None = None) ->
     filename, line = _template_line(err)
     where = f"{filename or name}:{line}" if line else name
     if isinstance(err, jinja2.sandbox.SecurityError):
-        return RenderError(f"{where}: unsafe, refused by the template sandbox: {err}; templates may only use "
-                           "the names listed in the README")
+        return RenderError(f"{where}: unsafe, refused by the template sandbox: {str(err).rstrip('.')}; templates "
+                           "may only use the names listed in the README")
     if isinstance(err, jinja2.UndefinedError):
         return RenderError(f"{where}: {err.message}; see the README for the names templates can use")
     return RenderError(f"{where}: {type(err).__name__}: {err}")

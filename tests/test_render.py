@@ -268,7 +268,7 @@ def test_the_subject_runs_in_the_sandbox(sample_config, sample_posts, monkeypatc
     message = str(caught.value)
     assert message.startswith("newsletters.lab.subject:1: unsafe, refused by the template sandbox: access to "
                               "attribute '__")
-    assert message.endswith("object is unsafe.; templates may only use the names listed in the README")
+    assert message.endswith("object is unsafe; templates may only use the names listed in the README")
     assert "SG.secret-key" not in message and "pwned" not in message
 
 
@@ -279,7 +279,7 @@ def test_a_template_file_runs_in_the_sandbox_and_runtime_errors_name_the_line(sa
     for body, message in [
         ("<p>\n{{ lipsum.__globals__['os'].system('true') }}</p>",
          "digest.html.j2:2: unsafe, refused by the template sandbox: access to attribute '__globals__' of "
-         "'function' object is unsafe.; templates may only use the names listed in the README"),
+         "'function' object is unsafe; templates may only use the names listed in the README"),
         ("<p>\n\n{{ 1 / 0 }}</p>", "digest.html.j2:3: ZeroDivisionError: division by zero"),
     ]:
         (tmp_path / "digest.html.j2").write_text(body)

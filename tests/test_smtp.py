@@ -258,8 +258,9 @@ def test_a_non_ascii_local_part_goes_with_smtputf8_only_when_the_server_offers_i
         assert "\r\nSubject: Hello Jörg\r\n".encode() not in raw  # the Subject stays an encoded word: 7-bit
     else:
         assert [(o.status, o.detail) for o in outcomes] == [
-            ("failed", f"the address 'jörg@xn--bcher-kva.de' needs SMTPUTF8 (its local part 'jörg' is not "
-                       f"ASCII) and the SMTP server 127.0.0.1:{server.port} does not offer it"),
+            ("failed", f"the address 'jörg@xn--bcher-kva.de' needs SMTPUTF8 (the local part 'jörg' is not "
+                       f"ASCII) and the SMTP server 127.0.0.1:{server.port} does not offer it; send through a "
+                       "server that does, or use an ASCII address"),
             ("sent", None)]
         assert server.sink.count() == {"ann@example.org": 1}
 

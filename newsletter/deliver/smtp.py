@@ -214,10 +214,11 @@ class SmtpProvider(Provider):
         options: list[str] = []
         if sender.smtputf8 or recipient.smtputf8:
             if not connection.has_extn("smtputf8"):
-                local = recipient.local if recipient.smtputf8 else sender.local
-                return Outcome.failed(f"the address {recipient.addr_spec!r} needs SMTPUTF8 (its local part "
-                                      f"{local!r} is not ASCII) and the SMTP server {self.where()} does not offer "
-                                      "it"), True
+                box, fix = ((recipient, "or use an ASCII address") if recipient.smtputf8
+                            else (sender, "or give [delivery] from an ASCII local part"))
+                return Outcome.failed(f"the address {box.addr_spec!r} needs SMTPUTF8 (the local part {box.local!r} "
+                                      f"is not ASCII) and the SMTP server {self.where()} does not offer it; send "
+                                      f"through a server that does, {fix}"), True
             options = ["SMTPUTF8"] + (["BODY=8BITMIME"] if connection.has_extn("8bitmime") else [])
         try:
             for step, command, accepted in (
