@@ -24,7 +24,8 @@ class SmtpSink:
     attempts: an SMTP reply such as "450 try later" at RCPT, "drop-rcpt" to cut the connection at RCPT,
     "hold-for-session N" to answer RCPT only once session N has begun (so that another connection is opened
     while this one is busy), "drop-after-data" to take the message and cut the connection before answering,
-    or "data 554 rejected" to answer the end of DATA with that reply (the message is not kept).
+    "close-after-data" to take the message, answer, and then close the idle connection, or "data 554 rejected"
+    to answer the end of DATA with that reply (the message is not kept).
     `session_faults[n]` is "drop" to cut session n (1 is the first) at EHLO, or "refuse-login" for `authenticate`
     to refuse every login in it; `logins` records (session, accepted) for each login."""
 
@@ -94,6 +95,8 @@ class SmtpSink:
             self.envelopes.append((envelope.mail_from, address, list(envelope.mail_options)))
         if fault == "drop-after-data":
             server.transport.close()
+        elif fault == "close-after-data":  # answer first: the close runs once the reply is written
+            asyncio.get_running_loop().call_soon(server.transport.close)
         return "250 Message accepted for delivery"
 
 

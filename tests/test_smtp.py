@@ -323,3 +323,14 @@ def test_when_no_connection_is_left_mid_batch_the_rest_is_retried_never_failed_o
     assert server.sink.sessions == 3
     assert {(n, ok) for n, ok in server.sink.logins} == ({(1, True), (2, False), (3, True)}
                                                          if fault == "login refused" else {(1, True), (3, True)})
+
+
+def test_a_pooled_connection_the_server_closed_while_idle_is_replaced_without_a_retry(env):
+    addresses = people(env, 3)
+    with SmtpServer() as server:
+        server.sink.faults[addresses[0]] = ["close-after-data"]
+        report = send(env, smtp_env(env, server.port, connections=1))
+    assert report.counts == {"sent": 3}
+    assert delivery_rows(env, report.issue_id) == {a: ("sent", 1) for a in addresses}
+    assert server.sink.count() == {a: 1 for a in addresses}
+    assert server.sink.sessions == 2
