@@ -141,7 +141,8 @@ def compose(config: Config, digest: Digest, recipient: Recipient, now: datetime)
     return template.render(recipient, make_msgid(domain=domain_of(config.delivery.from_addr)))
 
 
-def check_newsletters(config: Config, posts: Sequence[Post], now: datetime) -> list[Problem]:
+def check_newsletters(config: Config, posts: Sequence[Post], now: datetime,
+                      newsletters: Sequence[NewsletterConfig] | None = None) -> list[Problem]:
     """Render every newsletter's subject and templates against a sample issue (its newest posts, whatever their
     age, for the sample recipient) and compose the message, as a send would: one Problem for each error, naming
     the template and line. `check` reports them before a send plans an issue it cannot render. With no post to
@@ -153,7 +154,7 @@ def check_newsletters(config: Config, posts: Sequence[Post], now: datetime) -> l
     recipient = sample_recipient(config)
     since = min((post.date for post in posts), default=now) - timedelta(seconds=1)
     found: list[Problem] = []
-    for newsletter in config.newsletters.values():
+    for newsletter in config.newsletters.values() if newsletters is None else newsletters:
         plan = plan_issue(config, newsletter, posts, now, since=since)
         errors: list[Exception] = list(compile_templates(env, newsletter))
         if not errors and plan.selection.posts:
