@@ -160,3 +160,15 @@ def test_preview_as_a_stored_subscriber_shows_their_copy_and_what_the_next_issue
     after = run("--now", NOW, "preview", "weekly", "--out", str(tmp_path))
     assert after.stderr.startswith("weekly: issue 2, 6 post(s), sections: Culture (1), Science (2), "
                                    "Technology (1), Travel (2); subject: ")
+
+
+def test_send_refuses_a_subject_it_cannot_render_before_planning_anything(run, tmp_path):
+    run("subscribers", "import", "subscribers/sample.csv")
+    config = tmp_path / "newsletter.toml"
+    config.write_text(config.read_text().replace(
+        "subject = \"{{ newsletter.title }}: {{ posts[0].title if posts else 'no new posts' }} and more\"",
+        "subject = \"{{ newsletter.title \""))
+    result = run("--now", NOW, "send", "weekly")
+    assert result.exit_code == 2
+    assert "newsletters.weekly.subject:1:" in result.stderr
+    assert json.loads(run("status", "--json").stdout) == []
