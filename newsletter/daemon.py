@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from . import ledger, schedule
 from .config import Config
 from .deliver import make_provider
@@ -241,26 +243,35 @@ class Daemon:
         try:
             while not self.stopping:
                 self.wake.clear()
-                if not self.active:
-                    if self.lease.try_acquire(time.monotonic()):
-                        self._become_active()
-                    else:
-                        holder = self.lease.holder()
-                        if holder and holder.owner != shown:
-                            shown = holder.owner
-                            log.info("standing by: the active daemon is %s; taking over if it stops beating "
-                                     "for %d s", holder.describe(), max(holder.seconds, self.lease.seconds))
-                        self.wake.wait(min(self.poll, 1.0))
-                        continue
-                if self.lost.is_set():
-                    self._lose_lease()
-                    continue
-                self._reload_if_changed()
-                self._tick()
-                self.wake.wait(self._sleep_for())
+                try:
+                    shown = self._step(shown)
+                except sa.exc.SQLAlchemyError as err:  # the database may be away for a moment
+                    log.error("database error: %s; trying again in %.0f s", err, self.poll)
+                    self.wake.wait(self.poll)
         finally:
             self._shutdown()
         return 0
+
+    def _step(self, shown: str | None) -> str | None:
+        """One turn of the loop: stand by, or look at the schedule and start what is due, then wait."""
+        if not self.active:
+            if self.lease.try_acquire(time.monotonic()):
+                self._become_active()
+            else:
+                holder = self.lease.holder()
+                if holder and holder.owner != shown:
+                    shown = holder.owner
+                    log.info("standing by: the active daemon is %s; taking over if it stops beating for %d s",
+                             holder.describe(), max(holder.seconds, self.lease.seconds))
+                self.wake.wait(min(self.poll, 1.0))
+                return shown
+        if self.lost.is_set():
+            self._lose_lease()
+            return shown
+        self._reload_if_changed()
+        self._tick()
+        self.wake.wait(self._sleep_for())
+        return shown
 
     def _become_active(self) -> None:
         self.active = True
