@@ -283,6 +283,8 @@ def test_a_schedule_edited_in_newsletter_toml_is_picked_up_by_the_running_daemon
              "the daemon to reload newsletter.toml")
     assert time.monotonic() - edited < 15
     wait_for(lambda: d.issues() == [("2026-01-05", "done")], 30, "the new 07:01 fire to be sent")
+    daemon.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: schedule reloaded" in d.log(daemon), 5, "SIGHUP to reload newsletter.toml at once")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=10) == 0
     assert "fire at 2026-01-05T07:01:00+00:00: sending the issue for 2026-01-05" in d.log(daemon)
