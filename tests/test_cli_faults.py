@@ -299,3 +299,16 @@ def test_output_cut_short_by_its_reader_is_not_an_error_report(tmp_path):
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 1
     assert stderr == ""
+
+
+@pytest.mark.parametrize(("key", "position"), [("SG.key\r", 7), ("SG.k€y", 5), ("SG key", 3)])
+def test_an_api_key_that_cannot_be_sent_stops_before_anything_is_planned(run, monkeypatch, key, position):
+    """Such a key only failed in the HTTP header, after a batch was claimed, leaving it unknown."""
+    run("subscribers", "import", "subscribers/sample.csv")
+    monkeypatch.setenv("SENDGRID_API_KEY", key)
+    result = run("send", "weekly", "--provider", "sendgrid")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: SENDGRID_API_KEY holds a space, line break or non-ASCII character (at position {position}), "
+        "which no API key has; set it to the key exactly as SendGrid shows it")
+    assert run("status").stdout == ""  # stopped before the issue was even planned
