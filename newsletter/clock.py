@@ -11,6 +11,9 @@ from datetime import date, datetime, time, timedelta, tzinfo
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(w|d|h|m)\s*$", re.IGNORECASE)
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
+_UNIT_MINUTES = {"w": 7 * 24 * 60, "d": 24 * 60, "h": 60, "m": 1}
+# A century: longer windows would reach before any date a post can have, and overflow date arithmetic.
+LONGEST_DAYS = 36500
 # Ruby's Time.parse accepts "2024-01-02 10:00:00 +0100", which fromisoformat does not.
 _SPACED_OFFSET = re.compile(r"^(\d{4}-\d{1,2}-\d{1,2})[ T](\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*([+-]\d{2}:?\d{2}|Z)?$")
 
@@ -20,6 +23,8 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(str(text))
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"{text!r} is not a duration; write a positive number and a unit, like 7d, 2w or 12h")
+    if int(match.group(1)) * _UNIT_MINUTES[match.group(2).lower()] > LONGEST_DAYS * 24 * 60:
+        raise ValueError(f"{text!r} is longer than {LONGEST_DAYS}d (a century); write a shorter duration")
     return timedelta(**{_UNITS[match.group(2).lower()]: int(match.group(1))})
 
 
