@@ -136,11 +136,12 @@ def _impossible_value(text: str, err: Exception) -> PostError:
                     loader.construct_object(node)
                 except _CONSTRUCTION_ERRORS as bad:
                     kind = "date" if node.tag.endswith(":timestamp") else "value"
-                    reason = str(bad) if isinstance(bad, ValueError) else f"not a valid {node.tag.rsplit(':', 1)[-1]}"
+                    reason = str(bad) if isinstance(bad, ValueError) else f"not a valid {node.tag.rsplit(':')[-1]}"
                     if "offset must be a timedelta" in reason:
                         reason = "the offset from UTC must be less than 24 hours"
                     shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
-                    return PostError(f"invalid {kind} {shown!r} in front matter: {reason}", node.start_mark.line + 2)
+                    message = f"invalid {kind} {shown!r} in front matter: {reason}"
+                    return PostError(message, node.start_mark.line + 2)
             stack.extend(reversed(_children(node)))
     finally:
         loader.dispose()
@@ -299,7 +300,8 @@ def _shown(value: Any) -> str:
 
 
 def _kind(value: Any) -> str:
-    return {list: "list", dict: "mapping", set: "set", bytes: "binary value"}.get(type(value), type(value).__name__)
+    names = {list: "list", dict: "mapping", set: "set", bytes: "binary value"}
+    return names.get(type(value), type(value).__name__)
 
 
 # Values a front-matter field that is text may hold; YAML dates and numbers read as Jekyll prints them.
@@ -317,7 +319,7 @@ class _Notes:
         self.warnings.append(PostWarning(message, self.line_of(key)))
 
     def text(self, data: dict[str, Any], key: str, instead: str) -> str | None:
-        """The field as text, or None (with a warning saying what is used `instead`) when it is a list or map."""
+        """The field as text; None when it is missing, or a list or map (warning what is used `instead`)."""
         value = data.get(key)
         if value is None or isinstance(value, _SCALARS):
             return None if value is None else _ruby_str(value)
@@ -403,19 +405,13 @@ def _tags(data: dict[str, Any], notes: _Notes) -> tuple[str, ...]:
 def _post_date(data: dict[str, Any], name_date: str | None, site: SiteConfig, line_of: Any) -> datetime:
     value = data.get("date")
     if value:
-        if isinstance(value, datetime) and value.tzinfo is None and site.is_jekyll:
-            # Jekyll's YAML reader takes an unquoted timestamp without an offset as UTC (seen in Jekyll 4.3),
-            # and its post.url uses that instant; links must match, so the reader does the same.
-            return value.replace(tzinfo=timezone.utc).astimezone(site.timezone)
-        if isinstance(value, (datetime, date)):
-            return localize(value, site.timezone)
-        if isinstance(value, str):
-            try:
-                return parse_moment(value, site.timezone)
-            except ValueError:
-                pass
-        raise PostError(f"invalid date {_shown(value)} in front matter; write it like 2025-07-22T12:00:26",
-                        line_of("date"))
+        try:
+            return _front_matter_date(value, site)
+        except OverflowError as err:  # near year 1 or 9999, the instant has no place in the site's zone
+            raise PostError(f"invalid date {value} in front matter: {err}", line_of("date")) from err
+        except ValueError:
+            raise PostError(f"invalid date {_shown(value)} in front matter; write it like 2025-07-22T12:00:26",
+                            line_of("date")) from None
     if name_date is None:
         raise PostError("no date: add `date:` to the front matter or name the file YYYY-MM-DD-slug.md")
     try:
@@ -423,6 +419,18 @@ def _post_date(data: dict[str, Any], name_date: str | None, site: SiteConfig, li
         return localize(date(year, month, day), site.timezone)
     except ValueError as err:
         raise PostError(f"invalid date {name_date!r} in the file name: {err}") from err
+
+
+def _front_matter_date(value: Any, site: SiteConfig) -> datetime:
+    if isinstance(value, datetime) and value.tzinfo is None and site.is_jekyll:
+        # Jekyll's YAML reader takes an unquoted timestamp without an offset as UTC (seen in Jekyll 4.3), and
+        # its post.url uses that instant; links must match, so the reader does the same.
+        return value.replace(tzinfo=timezone.utc).astimezone(site.timezone)
+    if isinstance(value, (datetime, date)):
+        return localize(value, site.timezone)
+    if isinstance(value, str):
+        return parse_moment(value, site.timezone)
+    raise ValueError(value)
 
 
 def _line_finder(raw: bytes) -> Callable[[str], int | None]:
@@ -454,7 +462,8 @@ def _image(data: dict[str, Any], site: SiteConfig, notes: _Notes) -> tuple[str |
     if not value:
         return None, None, None
     if not isinstance(value, str):
-        notes.warn("image", f"image is a {_kind(value)} ({_shown(value)}), not a URL or path; the post has no image")
+        notes.warn("image", f"image is a {_kind(value)} ({_shown(value)}), not a URL or path; the post has no "
+                            "image")
         return None, None, None
     value = value.strip()
     if value.startswith("//"):

@@ -101,7 +101,8 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
     changes a post's path). Each link left alone is reported in `skipped`.
     """
     root = os.path.realpath(site.source)
-    seen = {(root, False)}  # (real path, read as posts): a folder only searched for _posts/ may be read as posts
+    # (real path, read as posts): a folder only searched for _posts/ may still be read once as posts
+    seen = {(root, False)}
     folders: list[tuple[str, str, list[str]]] = [(root, root, [])]  # (path, real path, parts), last first
     links: list[tuple[str, list[str]]] = []
     while folders or links:
@@ -111,8 +112,8 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
             if not _inside(real, root):
                 skipped.append(Problem(display_path(Path(link)), _outside(real)))
             elif (real, "_posts" in parts) in seen:
-                skipped.append(Problem(display_path(Path(link)), "skipped: a symbolic link to a folder already "
-                                       f"read ({display_path(Path(real))}); a folder is read once"))
+                already = f"a folder already read ({display_path(Path(real))}); a folder is read once"
+                skipped.append(Problem(display_path(Path(link)), f"skipped: a symbolic link to {already}"))
             else:
                 seen.add((real, "_posts" in parts))
                 folders.append((link, real, parts))
