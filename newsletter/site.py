@@ -42,13 +42,12 @@ def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     problems: list[Problem] = []
     defaults = FrontMatterDefaults(site)
     for path, relative, folder_categories in find_post_files(site, problems):
-        where = display_path(path)
         try:
             post, warnings = read_post(path, relative, site, folder_categories, defaults.for_post(relative))
         except PostError as err:
-            problems.append(Problem(where, str(err), err.line))
+            problems.append(Problem(display_path(path), str(err), err.line))
             continue
-        problems.extend(Problem(where, str(warning), warning.line) for warning in warnings)
+        problems.extend(Problem(display_path(path), str(warning), warning.line) for warning in warnings)
         if post is None or (post.date > now and not site.future):
             continue
         posts.append(post)
