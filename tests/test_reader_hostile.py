@@ -275,3 +275,14 @@ def test_send_goes_on_past_the_bad_posts(sample_with_bad_posts):
     assert warnings_of(result.stderr) == EXPECTED_WARNINGS
     status = json.loads(sample_with_bad_posts("status", "--json").stdout)
     assert [(issue["newsletter"], issue["counts"]) for issue in status] == [("weekly", {"sent": 8})]
+
+
+def test_front_matter_nested_past_the_bound_is_refused_and_within_it_kept(tmp_path):
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_config.yml").write_text("timezone: UTC\n")
+    (tmp_path / "_posts" / "2025-01-01-deep.md").write_text(f"---\ntitle: Deep\nx: {'[' * 70}{']' * 70}\n---\n")
+    (tmp_path / "_posts" / "2025-01-02-shallow.md").write_text(f"---\ntitle: Shallow\nx: {'[' * 60}{']' * 60}\n---\n")
+    result = read(tmp_path)
+    assert [p.title for p in result.posts] == ["Shallow"]
+    assert [(p.line, p.message) for p in result.problems] == [
+        (3, "invalid YAML front matter: nested more than 64 levels deep")]
