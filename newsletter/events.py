@@ -262,6 +262,9 @@ class IssueHealth:
     sent: int
     complained: int
     hard_bounced: int
+    #: how many of the issue's recipients are now bounced or complained (for whatever reason, from any issue)
+    now_bounced: int = 0
+    now_complained: int = 0
 
     @property
     def complaint_rate(self) -> float | None:
@@ -273,7 +276,8 @@ class IssueHealth:
 
     def as_json(self) -> dict:
         return {"sent": self.sent, "complained": self.complained, "hard_bounced": self.hard_bounced,
-                "complaint_rate": self.complaint_rate, "hard_bounce_rate": self.hard_bounce_rate}
+                "complaint_rate": self.complaint_rate, "hard_bounce_rate": self.hard_bounce_rate,
+                "now_bounced": self.now_bounced, "now_complained": self.now_complained}
 
     def warnings(self) -> list[str]:
         found = []
@@ -301,7 +305,22 @@ def issue_health(store: Store, issue_id: int) -> IssueHealth:
             return conn.execute(sa.select(sa.func.count(sa.distinct(delivery_events.c.delivery_id)))
                                 .where((delivery_events.c.issue_id == issue_id) & condition)).scalar_one()
 
-        return IssueHealth(issue_id, sent, distinct(complaint), distinct(hard))
+        now = dict(conn.execute(sa.select(subscribers.c.status, sa.func.count())
+                                .join(deliveries, deliveries.c.subscriber_id == subscribers.c.id)
+                                .where((deliveries.c.issue_id == issue_id)
+                                       & subscribers.c.status.in_(["bounced", "complained"]))
+                                .group_by(subscribers.c.status)).all())
+        return IssueHealth(issue_id, sent, distinct(complaint), distinct(hard), now.get("bounced", 0),
+                           now.get("complained", 0))
+
+
+def outcome_line(health: IssueHealth) -> str:
+    """`subscribers now bounced 4, complained 1; complaint rate 0.10%, hard bounce rate 2.00% of 1000 sent`."""
+    now = f"subscribers now bounced {health.now_bounced}, complained {health.now_complained}"
+    if not health.sent:
+        return f"{now}; nothing sent yet"
+    return (f"{now}; complaint rate {health.complaint_rate:.2%}, hard bounce rate {health.hard_bounce_rate:.2%} "
+            f"of {health.sent} sent")
 
 
 def last_issue_warnings(store: Store, newsletter: str) -> list[str]:
