@@ -543,9 +543,10 @@ def _bounce_address(table: dict, check: _Collector) -> str | None:
     if value is None:
         return None
     local, at, domain = value.strip().rpartition("@")
-    if not at or "<" in value or "+" in local or (why := check_address(value.strip())):
+    why = check_address(value.strip()) if at else None
+    if not at or "<" in value or "+" in local or why:
         check.error("delivery.smtp.bounce_address", f"{value!r} must be a bare address without a '+' tag, like "
-                                                    "\"bounces@news.example.org\"" + (f" ({why})" if at and why else ""))
+                                                    "\"bounces@news.example.org\"" + (f" ({why})" if why else ""))
         return None
     return f"{local}@{domain.lower()}"
 
