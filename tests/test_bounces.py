@@ -81,7 +81,7 @@ def test_bounces_from_an_mbox_and_a_maildir_are_matched_by_their_address_and_app
                            "5 message(s): recorded 4, already recorded 0; bounced 3, complained 0; 1 not applied "
                            "(listed below)\n")
     assert mbox.stderr == (f"warning: {BOUNCES / 'bounces.mbox'} message 5: unmatched bounce: no bounce address of "
-                           "ours (bounces+…@harbourlight.example.org) in its headers (failed: stranger@example.org)\n")
+                           "ours (bounces+…@harbourlight.example.org) in its headers (failed: steady.reader@example.org)\n")
     maildir = run("--now", LATER, "bounces", "--maildir", str(BOUNCES / "Maildir"))
     assert maildir.stdout == ("bounced\tleft.company@contoso.example\ncomplained\tcomplainer@example.com\n"
                               "3 message(s): recorded 2, already recorded 0; bounced 1, complained 1; 1 not applied "
@@ -135,3 +135,34 @@ def test_bounces_needs_a_bounce_address_and_a_mailbox(run, tmp_path):
     unset = run("bounces", "--mbox", str(BOUNCES / "bounces.mbox"))
     assert unset.exit_code == 2
     assert "delivery.smtp.bounce_address is not set" in unset.stderr
+
+
+def reading(name: str):
+    from datetime import datetime, timezone
+
+    from newsletter.bounces import read_report
+
+    data = (BOUNCES / "messages" / f"{name}.eml").read_bytes()
+    return read_report(name, data, BounceAddresses("bounces@harbourlight.example.org", SECRET),
+                       datetime(2026, 1, 10, tzinfo=timezone.utc))
+
+
+def test_a_dsn_that_failed_after_temporary_errors_is_a_soft_bounce():
+    found = reading("postfix-expired-after-temporary-failures")
+    assert (found.event.delivery_id, found.event.kind, found.event.classification) == (7, "bounce", "soft")
+    assert found.event.detail == "4.4.7; smtp; 452 4.2.2 <steady.reader@example.org>: Mailbox full"
+
+
+@pytest.mark.parametrize("name, delivery, kind, classification", [
+    ("postfix-hard-user-unknown", 1, "bounce", "hard"), ("exim-plain-text-failed-recipients", 2, "bounce", "hard"),
+    ("exchange-recipient-not-found", 3, "bounce", "hard"), ("gmail-address-not-found", 4, "bounce", "hard"),
+    ("postfix-soft-mailbox-full-delayed", 5, "bounce", "soft"), ("arf-abuse-complaint", 6, "spamreport", None)])
+def test_each_fixture_is_read_as_its_format_says(name, delivery, kind, classification):
+    event = reading(name).event
+    assert (event.delivery_id, event.kind, event.classification, event.source) == (delivery, kind, classification,
+                                                                                   "mailbox")
+
+
+def test_a_bounce_naming_a_subscriber_in_its_text_but_not_our_address_is_not_matched():
+    found = reading("unmatched-bounce-without-verp")
+    assert (found.event, found.recipients) == (None, ("steady.reader@example.org",))
