@@ -85,6 +85,67 @@ def read_maildir(path: Path) -> Iterator[tuple[str, bytes]]:
                 yield str(message), message.read_bytes()
 
 
+IMAP_PASSWORD_VARIABLE = "NEWSLETTER_IMAP_PASSWORD"
+
+
+def read_imap(url: str, password: str | None, *, timeout: float = 30.0) -> Iterator[tuple[str, bytes]]:
+    """Each message of an IMAP folder, `imaps://user@host[:port]/Folder` (INBOX when no folder is named), over
+    TLS verified against the system's authorities; the folder is opened read-only and nothing is flagged or
+    deleted. The password comes from NEWSLETTER_IMAP_PASSWORD and is never printed."""
+    import imaplib
+    import ssl
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "imaps" or not parts.hostname or not parts.username:
+        raise MailboxError(f"--imap {_safe(url)}: give imaps://user@host[:port]/Folder (TLS only)")
+    if not password:
+        raise MailboxError(f"--imap needs the password in the environment variable {IMAP_PASSWORD_VARIABLE}")
+    folder = unquote(parts.path.lstrip("/")) or "INBOX"
+    where = f"imaps://{parts.username}@{parts.hostname}:{parts.port or 993}/{folder}"
+    try:
+        client = imaplib.IMAP4_SSL(parts.hostname, parts.port or 993, ssl_context=ssl.create_default_context(),
+                                   timeout=timeout)
+    except (OSError, imaplib.IMAP4.error) as err:
+        raise MailboxError(f"cannot connect to {where}: {err}") from err
+    try:
+        try:
+            client.login(unquote(parts.username), password)
+        except imaplib.IMAP4.error as err:
+            raise MailboxError(f"{where}: the server refused the login ({err}); check the user name in --imap "
+                               f"and {IMAP_PASSWORD_VARIABLE}") from err
+        status, _ = client.select(_quoted(folder), readonly=True)
+        if status != "OK":
+            raise MailboxError(f"{where}: no such folder")
+        _, found = client.uid("SEARCH", "ALL")
+        for uid in (found[0] or b"").split():
+            _, data = client.uid("FETCH", uid, "(BODY.PEEK[])")
+            message = next((item[1] for item in data if isinstance(item, tuple)), None)
+            if message is not None:
+                yield f"{where} UID {uid.decode()}", message
+    except (OSError, imaplib.IMAP4.error) as err:
+        raise MailboxError(f"{where}: {err}") from err
+    finally:
+        try:
+            client.logout()
+        except (OSError, imaplib.IMAP4.error):
+            pass
+
+
+def _quoted(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _safe(url: str) -> str:
+    """A URL fit to print: any password in it hidden."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
 def read_report(where: str, data: bytes, addresses: BounceAddresses, now: datetime) -> Reading:
     """Turn one message into an event for the delivery its VERP address names, or say why it is not one."""
     message = email.message_from_bytes(data)

@@ -4,6 +4,7 @@ mailbox into the same record."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -41,26 +42,33 @@ def events(state: State, issue_id: int, as_json: bool) -> None:
 @cli.command()
 @click.option("--mbox", type=click.Path(path_type=Path, dir_okay=False), help="An mbox file of bounces.")
 @click.option("--maildir", type=click.Path(path_type=Path, file_okay=False), help="A Maildir of bounces.")
+@click.option("--imap", metavar="URL", help="An IMAP folder, imaps://user@host[:port]/Folder; the password comes "
+                                           "from NEWSLETTER_IMAP_PASSWORD.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def bounces(state: State, mbox: Path | None, maildir: Path | None, as_json: bool) -> None:
+def bounces(state: State, mbox: Path | None, maildir: Path | None, imap: str | None, as_json: bool) -> None:
     """Read bounces and complaint reports sent back to [delivery.smtp] bounce_address, and apply them.
+
+    The mailbox is only read: nothing is moved, flagged or deleted.
 
     Each report is matched to its delivery only through the signed address it came back to; reports that
     match none are listed and change nothing. Reading the same mailbox again records nothing twice.
     """
-    from .bounces import process_bounces, read_maildir, read_mbox
+    from .bounces import IMAP_PASSWORD_VARIABLE, process_bounces, read_imap, read_maildir, read_mbox
     from .verp import BounceAddresses
 
-    if (mbox is None) == (maildir is None):
-        raise click.UsageError("give one of --mbox FILE or --maildir DIR")
+    if sum(x is not None for x in (mbox, maildir, imap)) != 1:
+        raise click.UsageError("give one of --mbox FILE, --maildir DIR or --imap URL")
     config = state.config()
     if not config.delivery.smtp.bounce_address:
         raise ConfigError([Problem(config.where, "delivery.smtp.bounce_address is not set: bounces are matched by "
                                                  "the address SMTP sends carry, like bounces@news.example.org")])
     store = state.store(config)
     addresses = BounceAddresses(config.delivery.smtp.bounce_address, store.secret())
-    messages = read_mbox(mbox) if mbox is not None else read_maildir(maildir)
+    if imap is not None:
+        messages = read_imap(imap, os.environ.get(IMAP_PASSWORD_VARIABLE))
+    else:
+        messages = read_mbox(mbox) if mbox is not None else read_maildir(maildir)
     now = state.now(config)
     report = process_bounces(store, messages, addresses, now, soft_bounce_limit=config.delivery.soft_bounce_limit)
     applied = {"bounced": report.events.bounced, "complained": report.events.complained}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 
 import pytest
 from click.testing import CliRunner
@@ -166,3 +167,33 @@ def test_each_fixture_is_read_as_its_format_says(name, delivery, kind, classific
 def test_a_bounce_naming_a_subscriber_in_its_text_but_not_our_address_is_not_matched():
     found = reading("unmatched-bounce-without-verp")
     assert (found.event, found.recipients) == (None, ("steady.reader@example.org",))
+
+
+def test_an_imap_folder_is_read_over_tls_and_left_as_it_was(run, tmp_path, monkeypatch):
+    import trustme
+
+    from .imap_server import ImapServer
+
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    names = ["postfix-hard-user-unknown", "arf-abuse-complaint", "unmatched-bounce-without-verp"]
+    folder = [(BOUNCES / "messages" / f"{n}.eml").read_bytes().replace(b"\n", b"\r\n") for n in names]
+    with ImapServer(context, "bounces", "s3cret pass", {"Bounces": folder}) as server:
+        url = f"imaps://bounces@127.0.0.1:{server.port}/Bounces"
+        assert run("bounces", "--imap", url).stderr == (
+            "error: --imap needs the password in the environment variable NEWSLETTER_IMAP_PASSWORD\n")
+        monkeypatch.setenv("NEWSLETTER_IMAP_PASSWORD", "wrong")
+        refused = run("bounces", "--imap", url)
+        assert refused.exit_code == 1 and "the server refused the login" in refused.stderr
+        assert "wrong" not in refused.stderr
+        monkeypatch.setenv("NEWSLETTER_IMAP_PASSWORD", "s3cret pass")
+        read = run("--now", LATER, "bounces", "--imap", url)
+    assert read.stdout == ("bounced\tno-such-user@example.net\ncomplained\tcomplainer@example.com\n"
+                           "3 message(s): recorded 2, already recorded 0; bounced 1, complained 1; 1 not applied "
+                           "(listed below)\n")
+    assert read.stderr.startswith(f"warning: imaps://bounces@127.0.0.1:{server.port}/Bounces UID 3: unmatched bounce")
+    assert not [c for c in server.commands if c.split(" ")[0].upper() in ("STORE", "EXPUNGE", "COPY", "MOVE")]
+    assert "UID FETCH 1 (BODY.PEEK[])" in server.commands
