@@ -181,7 +181,7 @@ def _print_plan(report) -> None:
 @click.pass_obj
 def status(state: State, issue_id: int | None, as_json: bool) -> None:
     """Issues with their counts per delivery status; with ISSUE, its failures and unknowns with reasons."""
-    from . import ledger
+    from . import events, ledger
 
     store = state.store(state.config())
     issues = ledger.list_issues(store)
@@ -199,14 +199,18 @@ def status(state: State, issue_id: int | None, as_json: bool) -> None:
     if found is None:
         raise UnknownNameError(f"no issue {issue_id}; `newsletter status` lists them")
     rows = ledger.open_deliveries(store, issue_id)
+    reported, health = events.event_counts(store, issue_id), events.issue_health(store, issue_id)
     if as_json:
         click.echo(json.dumps({**{k: found[k] for k in ("id", "newsletter", "period", "status", "counts")},
+                               "events": reported, "rates": health.as_json(),
                                "deliveries": [{k: r[k] for k in ("email", "status", "error")} for r in rows]},
                               indent=2, ensure_ascii=False))
         return
     tally = ", ".join(f"{s} {n}" for s, n in sorted(found["counts"].items())) or "no deliveries"
     click.echo(f"issue {found['id']}: {found['newsletter']} {found['period']} #{found['number']} "
                f"({found['status']}): {tally}")
+    if reported:
+        click.echo(f"reported: {', '.join(f'{k} {n}' for k, n in reported.items())}; {events.outcome_line(health)}")
     for row in rows:
         if row["status"] != "skipped" or row["error"]:
             click.echo(f"{row['status']}\t{row['email']}\t{row['error'] or ''}")

@@ -91,7 +91,10 @@ def test_send_then_resend_then_status(run, tmp_path):
     listing = json.loads(run("status", "--json").stdout)
     assert listing == [{"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8}}]
     one = json.loads(run("status", "1", "--json").stdout)
-    assert one == {"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8}, "deliveries": []}
+    assert one == {"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8},
+                   "events": {}, "rates": {"sent": 8, "complained": 0, "hard_bounced": 0, "complaint_rate": 0.0,
+                                           "hard_bounce_rate": 0.0, "now_bounced": 0, "now_complained": 0},
+                   "deliveries": []}
     assert run("status").stdout == "1\tweekly\t2026-01-05\t#1\tdone\tsent 8\n"
     assert run("status", "9").exit_code == 2
     empty = run("--now", "2026-01-06T07:00:00+00:00", "send", "weekly")
