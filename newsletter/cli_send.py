@@ -11,7 +11,7 @@ import click
 from .cli import State, cli
 from .clock import format_duration
 from .config import PROVIDERS
-from .errors import UnknownNameError
+from .errors import Problem, UnknownNameError
 
 
 class Progress:
@@ -89,7 +89,11 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
         report = plan_dry(store, config, newsletter, posts, now)
         _print_plan(report)
         return
-    chosen = make_provider(config, provider)
+    chosen = make_provider(config, provider, store)
+    if not to_address:
+        from .events import last_issue_warnings
+
+        state.warn([Problem(newsletter.id, warning) for warning in last_issue_warnings(store, newsletter.id)])
     if to_address:
         try:
             address = normalise_email(to_address)
