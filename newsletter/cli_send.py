@@ -11,7 +11,7 @@ import click
 from .cli import State, cli
 from .clock import format_duration
 from .config import PROVIDERS
-from .errors import Problem, UnknownNameError
+from .errors import NewsletterError, Problem, UnknownNameError
 
 
 class Progress:
@@ -128,9 +128,15 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
             progress.pop().stop()
         state.exit_code = max(state.exit_code, _print_report(report, newsletter, config, chosen, now))
 
+    def checks(warnings):
+        state.warn([Problem(newsletter.id, warning) for warning in warnings])
+        if warnings and state.strict:
+            raise NewsletterError(f"{newsletter.id}: {len(warnings)} warning(s) before sending and --strict was "
+                                  "given; nothing was sent, the issue stays planned")
+
     try:
         send_newsletter(store, config, newsletter, chosen, posts, now, retry_unknown=retry_unknown,
-                        starting=starting, finished=finished)
+                        starting=starting, finished=finished, checks=checks)
     finally:
         for bar in progress:
             bar.stop()
@@ -142,8 +148,6 @@ def _print_report(report, newsletter, config, chosen, now) -> int:
         click.echo(f"{newsletter.id}: issue for {report.period} skipped: nothing in the last "
                    f"{format_duration(newsletter.window)} that an earlier issue did not carry")
         return 0
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
     if report.recovered:
         click.echo(f"warning: {report.recovered} delivery(ies) were in flight when an earlier send stopped; they "
                    "are now unknown and were not sent again", err=True)

@@ -175,3 +175,21 @@ def test_send_refuses_a_subject_it_cannot_render_before_planning_anything(run, t
     assert result.exit_code == 2
     assert "newsletters.weekly.subject:1:" in result.stderr
     assert json.loads(run("status", "--json").stdout) == []
+
+
+def test_strict_send_stops_on_a_pre_send_warning_before_anything_goes(run, tmp_path):
+    run("subscribers", "import", "subscribers/sample.csv")
+    config = tmp_path / "newsletter.toml"
+    config.write_text(config.read_text().replace("[site]\n", "[site]\nurl = \"\"\n"))  # images without a host
+    strict = run("--strict", "--now", NOW, "send", "weekly")
+    assert strict.exit_code == 1
+    warnings = [line for line in strict.stderr.splitlines() if line.startswith("warning: weekly: ")]
+    assert warnings and all("image" in line for line in warnings)
+    assert strict.stderr.splitlines()[-1] == ("error: weekly: {} warning(s) before sending and --strict was given; "
+                                              "nothing was sent, the issue stays planned".format(len(warnings)))
+    assert not (tmp_path / "outbox").exists()
+    assert json.loads(run("status", "--json").stdout)[0]["counts"] == {"pending": 8}
+    relaxed = run("--now", NOW, "send", "weekly")
+    assert relaxed.exit_code == 0
+    assert [line for line in relaxed.stderr.splitlines() if line.startswith("warning: weekly: ")] == warnings
+    assert json.loads(run("status", "--json").stdout)[0]["counts"] == {"sent": 8}
