@@ -358,3 +358,21 @@ schedule_fires = sa.Table(
     sa.UniqueConstraint("newsletter", "kind", "fire_time", name="uq_schedule_fires_newsletter_time"),
     sa.Index("ix_schedule_fires_status", "status", "fire_time"),
 )  # fmt: skip
+
+# --- What providers report back (events.py): one row per provider event, keyed so a repeat is recorded once.
+delivery_events = sa.Table(
+    "delivery_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("delivery_id", sa.Integer, sa.ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("issue_id", sa.Integer, nullable=False),
+    sa.Column("subscriber_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("classification", sa.String(16)),
+    sa.Column("detail", sa.Text),
+    sa.Column("occurred_at", Instant(), nullable=False),
+    sa.Column("received_at", Instant(), nullable=False),
+    sa.Index("ix_delivery_events_issue_kind", "issue_id", "kind"),
+    sa.Index("ix_delivery_events_subscriber", "subscriber_id", "delivery_id"),
+)  # fmt: skip
