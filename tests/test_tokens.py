@@ -103,3 +103,19 @@ def test_a_secret_that_is_not_text_is_a_clear_error():
     with pytest.raises(SecretKeyError, match=r"^the secret key \(NEWSLETTER_SECRET_KEY\) is not UTF-8 text "
                                              r"\(character 4\); set it to letters and digits"):
         Tokens("abc\udcff")
+
+
+def test_tokens_are_exactly_what_itsdangerous_signer_makes():
+    """The key is derived once for speed; the tokens must stay the ones every earlier email carries."""
+    import hashlib
+
+    from itsdangerous import Signer
+
+    for secret in ("s3cret", "x" * 64, "clé-été"):
+        tokens = Tokens(secret)
+        for purpose in ("unsubscribe", "preferences"):
+            plain = Signer(secret, salt=f"newsletter-{purpose}", digest_method=hashlib.sha256)
+            for subscriber, newsletter in ((1, "weekly"), (987654321, "lab"), (0, "a-b_c")):
+                expected = plain.sign(f"{subscriber}.{newsletter}").decode("ascii")
+                assert tokens.make(purpose, subscriber, newsletter) == expected
+                assert tokens.verify(purpose, expected).subscriber_id == subscriber
