@@ -26,9 +26,8 @@ import sqlalchemy as sa
 from . import ledger, schedule
 from .config import Config
 from .deliver import make_provider
-from .deliver.run import Sender, SendStopped
+from .deliver.run import SendReport, SendStopped, send_newsletter
 from .errors import NewsletterError
-from .plan import plan_or_resume
 from .site import read_site
 from .store import Store
 
@@ -69,41 +68,44 @@ def send_job(store: Store, config: Config, job: schedule.Job, now: datetime, *, 
     the fire's time, so that a catch-up or a resume carries what the fire would have carried."""
     newsletter = config.newsletters[job.newsletter]
     extra = {"newsletter": job.newsletter, "issue": None}
+
+    def starting(record: ledger.IssueRecord, created: bool) -> _Progress:
+        extra["issue"] = record.id
+        if record.period == job.period:
+            schedule.set_fire(store, job.fire_ids, "sending", issue_id=record.id)
+        log.info("%s issue %d for %s (%s at %s): %d post(s), through %s",
+                 "planned" if created else "resuming", record.number, record.period, _REASONS[job.reason],
+                 job.fire_time.isoformat(), len(record.posts), provider.name, extra=dict(extra))
+        return _Progress(job.newsletter, record, progress_every)
+
+    def checks(warnings: list[str]) -> None:
+        for warning in warnings:
+            log.warning("%s", warning, extra=dict(extra))
+
+    def finished(report: SendReport) -> None:
+        if report.recovered:
+            log.warning("%d delivery(ies) were in flight when an earlier send stopped: now unknown, not sent "
+                        "again", report.recovered, extra=dict(extra))
+        counts = dict(report.counts)
+        schedule.settle_fires(store, report.issue_id, counts)
+        if report.skipped_issue:
+            log.info("issue for %s skipped: nothing new since the previous issue", report.period, extra=dict(extra))
+        else:
+            log.info("issue %d for %s finished: %s", report.number, report.period, _counts(counts),
+                     extra=dict(extra))
+        if counts.get("unknown"):
+            log.warning("%d delivery(ies) are unknown: see `newsletter status %d`, then `newsletter send %s "
+                        "--retry-unknown` once you know they did not arrive", counts["unknown"], report.issue_id,
+                        job.newsletter, extra=dict(extra))
+
     try:
         read = read_site(config, now)
         for problem in read.problems:
-            log.warning("post skipped: %s", problem, extra=extra)
-        provider = make_provider(config, provider_name)
-        worked: set[int] = set()
-        while True:
-            record, created = plan_or_resume(store, config, newsletter, read.posts, job.fire_time, job.period)
-            extra = {"newsletter": job.newsletter, "issue": record.id}
-            if record.id in worked:
-                raise schedule.ScheduleError(f"issue {record.id} ({record.period}) is still unfinished after a "
-                                             f"send; see `newsletter status {record.id}`")
-            worked.add(record.id)
-            if record.period == job.period:
-                schedule.set_fire(store, job.fire_ids, "sending", issue_id=record.id)
-            log.info("%s issue %d for %s (%s at %s): %d post(s), through %s",
-                     "planned" if created else "resuming", record.number, record.period, _REASONS[job.reason],
-                     job.fire_time.isoformat(), len(record.posts), provider.name, extra=extra)
-            report = Sender(store, config, newsletter, provider, stop=stop,
-                            progress=_Progress(job.newsletter, record, progress_every)).run(record, now)
-            if report.recovered:
-                log.warning("%d delivery(ies) were in flight when an earlier send stopped: now unknown, not sent "
-                            "again", report.recovered, extra=extra)
-            counts = dict(report.counts)
-            schedule.settle_fires(store, record.id, counts)
-            if report.skipped_issue:
-                log.info("issue for %s skipped: nothing new since the previous issue", record.period, extra=extra)
-            else:
-                log.info("issue %d for %s finished: %s", record.number, record.period, _counts(counts), extra=extra)
-            if counts.get("unknown"):
-                log.warning("%d delivery(ies) are unknown: see `newsletter status %d`, then `newsletter send %s "
-                            "--retry-unknown` once you know they did not arrive", counts["unknown"], record.id,
-                            job.newsletter, extra=extra)
-            if record.period == job.period:
-                return "sent"
+            log.warning("post skipped: %s", problem, extra=dict(extra))
+        provider = make_provider(config, provider_name, store)
+        send_newsletter(store, config, newsletter, provider, read.posts, now, period=job.period,
+                        planned_at=job.fire_time, starting=starting, finished=finished, checks=checks, stop=stop)
+        return "sent"
     except SendStopped:
         log.info("send stopped: what was not sent stays pending; the next start resumes it", extra=extra)
         return "stopped"

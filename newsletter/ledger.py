@@ -197,7 +197,7 @@ def owner_label(owner: str) -> str:
     return owner.split("|", 1)[0]
 
 
-def _owner_is_dead(owner: str) -> bool:
+def owner_is_dead(owner: str) -> bool:
     """Whether the owner is certainly gone: only decided for a process of this host and pid namespace whose
     pid no longer runs (or now belongs to a process that started later). Anything else counts as alive until
     its lease expires, since its heartbeat keeps the lease while it lives."""
@@ -224,7 +224,7 @@ def acquire_lease(store: Store, issue_id: int, owner: str) -> None:
             row = conn.execute(sa.select(issues.c.lease_owner, issues.c.lease_expires)
                                .where(issues.c.id == issue_id)).one()
             held, expires = row.lease_owner, row.lease_expires
-            if held and expires and expires > now and not _owner_is_dead(held):
+            if held and expires and expires > now and not owner_is_dead(held):
                 left = int((expires - now).total_seconds())
                 raise SendBusy(f"issue {issue_id} is being sent by {owner_label(held)} (host:pid); if that process "
                                f"has died, its lease ends within {left} s")

@@ -427,7 +427,7 @@ class DaemonLease:
         holder = self.holder()
         if holder is not None and holder.owner == self.owner:
             return True
-        if holder is not None and not ledger._owner_is_dead(holder.owner):
+        if holder is not None and not ledger.owner_is_dead(holder.owner):
             seen = (holder.owner, holder.beat)
             if seen != self._seen:
                 self._seen, self._seen_at = seen, monotonic

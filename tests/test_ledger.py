@@ -237,12 +237,12 @@ def test_a_provider_crash_mid_request_leaves_only_that_request_in_flight(env):
 def test_only_a_gone_process_of_this_host_and_pid_namespace_counts_as_dead():
     mine = ledger.lease_owner()
     label, namespace, started, _ = mine.split("|")
-    assert ledger._owner_is_dead(dead_owner())
-    assert not ledger._owner_is_dead(mine)
+    assert ledger.owner_is_dead(dead_owner())
+    assert not ledger.owner_is_dead(mine)
     # the same host name and a pid that is not running here, in another container: alive until its lease ends
-    assert not ledger._owner_is_dead(f"{label.rsplit(':', 1)[0]}:999999999|pid:[1]|{started}|x")
+    assert not ledger.owner_is_dead(f"{label.rsplit(':', 1)[0]}:999999999|pid:[1]|{started}|x")
     # this pid, but a process that started at another time: the pid was reused, its owner is gone
-    assert ledger._owner_is_dead(f"{label}|{namespace}|1|x")
+    assert ledger.owner_is_dead(f"{label}|{namespace}|1|x")
 
 
 def _stalled_sender(url, outbox, config, posts, inside, release):

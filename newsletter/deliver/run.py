@@ -302,13 +302,16 @@ class Sender:
 
 
 def send_newsletter(store: Store, config: Config, newsletter: NewsletterConfig, provider: Provider,
-                    posts: Sequence[Post], now: datetime, *, period: str | None = None, retry_unknown: bool = False,
+                    posts: Sequence[Post], now: datetime, *, period: str | None = None,
+                    planned_at: datetime | None = None, retry_unknown: bool = False,
                     starting: Callable[[ledger.IssueRecord, bool], Callable | None] | None = None,
                     finished: Callable[[SendReport], None] | None = None,
                     stop: threading.Event | None = None,
                     checks: Callable[[list[str]], None] | None = None) -> list[SendReport]:
     """Send the newsletter's issue for `period` (a manual send's by default), finishing any unfinished earlier
-    issue of it first, so that a send cut short is never orphaned by the next one. `starting(record, created)`
+    issue of it first, so that a send cut short is never orphaned by the next one. A new issue is planned as
+    of `planned_at` (default `now`; a scheduler passes its fire's time, so a catch-up carries what the fire
+    would have carried). `starting(record, created)`
     is told of each issue before it is worked and may return a progress callback; `finished` gets each report;
     `checks` gets each issue's pre-send warnings before anything of it is sent (see Sender).
     """
@@ -319,7 +322,7 @@ def send_newsletter(store: Store, config: Config, newsletter: NewsletterConfig, 
     reports: list[SendReport] = []
     worked: set[int] = set()
     while True:
-        record, created = plan_or_resume(store, config, newsletter, posts, now, wanted)
+        record, created = plan_or_resume(store, config, newsletter, posts, planned_at or now, wanted)
         if record.id in worked:
             raise NewsletterError(f"{newsletter.id}: issue {record.id} ({record.period}) is still unfinished "
                                   f"after a send; see `newsletter status {record.id}`")
