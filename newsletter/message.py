@@ -22,6 +22,7 @@ from .render import Digest, Recipient, marker, personalise
 
 WIRE_POLICY = email.policy.SMTP.clone(max_line_length=998)
 PERSONAL_SUBJECT_FIELDS = ("name", "email")
+ONE_CLICK = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
 
 
 def header_text(value: str) -> str:
@@ -51,11 +52,47 @@ def quoted_printable(text: str) -> bytes:
     return encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
 
 
+def bulk_headers(newsletter_id: str, issue_number: int, domain: str) -> bytes:
+    """What tells receivers this is a list message: no out-of-office or auto replies (Precedence, and
+    X-Auto-Response-Suppress for Exchange), and a Feedback-ID naming the issue, newsletter and sender, by which
+    Gmail's postmaster tools report complaints."""
+    return (b"Precedence: bulk\r\nX-Auto-Response-Suppress: OOF, AutoReply\r\n"
+            + header("Feedback-ID", feedback_id(newsletter_id, issue_number, domain)))
+
+
+def feedback_id(newsletter_id: str, issue_number: int, domain: str) -> str:
+    return f"{issue_number}:{newsletter_id}:newsletter:{domain}"
+
+
+def unsubscribe_mailto_uri(mailbox: str | None, newsletter_id: str) -> str | None:
+    """The mailto: target of List-Unsubscribe, for clients that only mail; its subject names the newsletter."""
+    if not mailbox:
+        return None
+    return f"mailto:{header_text(mailbox)}?subject=unsubscribe%20{newsletter_id}"
+
+
+def unsubscribe_values(url: str, mailto: str | None) -> dict[str, str]:
+    """List-Unsubscribe (the HTTPS link first, then the mailto: target) and, with the link, the RFC 8058
+    one-click List-Unsubscribe-Post."""
+    targets = [f"<{header_text(url)}>"] if url else []
+    targets += [f"<{mailto}>"] if mailto else []
+    values = {"List-Unsubscribe": ", ".join(targets)} if targets else {}
+    if url:
+        values["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return values
+
+
+def unsubscribe_headers(url: str, mailto: str | None) -> list[bytes]:
+    values = unsubscribe_values(url, mailto)
+    lines = [header("List-Unsubscribe", values["List-Unsubscribe"])] if values else []
+    return lines + ([ONE_CLICK] if "List-Unsubscribe-Post" in values else [])
+
+
 class MessageTemplate:
     """The messages of one digest variant: the shared part built once, each recipient's copy made from it."""
 
     def __init__(self, digest: Digest, *, sender: str, reply_to: str | None, list_id: tuple[str, str],
-                 date: datetime):
+                 date: datetime, unsubscribe_mailto: str | None = None):
         self.digest = digest
         self.domain = domain_of(sender)
         self.personal_subject = any(marker(f) in digest.subject for f in PERSONAL_SUBJECT_FIELDS)
@@ -66,7 +103,9 @@ class MessageTemplate:
             shared.append(header("Reply-To", address(reply_to)))
         self.head = b"".join(shared)
         self.tail = (header("Date", format_datetime(date))
-                     + header("List-Id", formataddr((header_text(title), f"{newsletter_id}.{self.domain}"))))
+                     + header("List-Id", formataddr((header_text(title), f"{newsletter_id}.{self.domain}")))
+                     + bulk_headers(newsletter_id, digest.issue.number, self.domain))
+        self.mailto = unsubscribe_mailto_uri(unsubscribe_mailto, newsletter_id)
         self.boundary = f"=_nl_{secrets.token_hex(12)}".encode()
 
     def render(self, recipient: Recipient, message_id: str) -> bytes:
@@ -75,9 +114,7 @@ class MessageTemplate:
         to = Address(display_name=header_text(recipient.name), addr_spec=header_text(recipient.email))
         parts = [header("Subject", personal.subject)] if self.personal_subject else []
         parts += [self.head, header("To", to), self.tail, header("Message-ID", message_id)]
-        if recipient.unsubscribe_url:
-            parts.append(header("List-Unsubscribe", f"<{header_text(recipient.unsubscribe_url)}>"))
-            parts.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        parts += unsubscribe_headers(recipient.unsubscribe_url, self.mailto)
         boundary = self.boundary
         parts += [
             b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="', boundary, b'"\r\n\r\n',
