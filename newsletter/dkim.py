@@ -30,10 +30,12 @@ from .config import DKIM_KEY_VARIABLE, Config, DkimConfig
 from .errors import ConfigError, Problem
 from .message import address
 
-#: From is required by RFC 6376; the rest are what a receiver shows or acts on. A header listed but absent is
-#: signed as empty, so nobody can add it later.
+#: From is required by RFC 6376; the rest are what a receiver shows or acts on. Each is listed twice in h=
+#: ("oversigned"): the second, matching no instance, signs its absence, so a relay cannot add another of it
+#: above the signed one (a verifier takes instances from the bottom up).
 SIGNED_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe",
                   "List-Unsubscribe-Post", "Reply-To", "MIME-Version", "Content-Type")
+_H_TAG = tuple(name for name in SIGNED_HEADERS for _ in range(2))
 _WSP_RUN = re.compile(rb"\t[ \t]*| [ \t]+")
 _TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
 _HEADER_START = re.compile(rb"^(?=[^ \t\r\n])", re.MULTILINE)
@@ -44,14 +46,14 @@ def sign(message: bytes, dkim_config: DkimConfig) -> bytes:
     domain and selector. Its t= is the message's own Date, so signing needs no clock."""
     head, separator, body = message.partition(b"\r\n\r\n")
     fields = _header_fields(head + b"\r\n")
-    tags = ["v=1;", " a=rsa-sha256;", " c=relaxed/relaxed;", f" d={dkim_config.domain};", f" s={dkim_config.selector};"]
+    tags = [" v=1;", " a=rsa-sha256;", " c=relaxed/relaxed;", f" d={dkim_config.domain};", f" s={dkim_config.selector};"]
     when = _date_of(fields)
     if when is not None:
         tags.append(f" t={when};")
-    tags.append(" h=" + ":".join(SIGNED_HEADERS) + ";")
+    tags.append(" h=" + ":".join(_H_TAG) + ";")
     tags.append(f" bh={base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode('ascii')};")
-    unsigned = "DKIM-Signature: " + "\r\n".join(_fold(tags)) + "\r\n b="
-    hashed = b"".join(_relaxed_header(fields.get(name.lower().encode("ascii"), [])) for name in SIGNED_HEADERS)
+    unsigned = "\r\n".join(_fold(["DKIM-Signature:", *tags])) + "\r\n b="
+    hashed = b"".join(_relaxed_header(fields.get(name.lower().encode("ascii"), [])) for name in _H_TAG)
     hashed += _relaxed_header([unsigned.encode("ascii")])[:-2]  # itself last, without b='s value or CRLF
     signature = _key(dkim_config).sign(hashed, padding.PKCS1v15(), hashes.SHA256())
     value = base64.b64encode(signature).decode("ascii")
@@ -69,11 +71,11 @@ def _header_fields(head: bytes) -> dict[bytes, list[bytes]]:
 
 
 def _relaxed_header(instances: list[bytes]) -> bytes:
-    """The last instance of a header in relaxed canonical form (name lower-cased, unfolded, runs of space
-    made one); nothing for a header that is absent (RFC 6376 section 5.4.2)."""
+    """The bottom-most instance not yet signed of a header, taken off `instances`, in relaxed canonical form
+    (name lower-cased, unfolded, runs of space made one); nothing once none is left (RFC 6376, 5.4.2)."""
     if not instances:
         return b""
-    name, _, value = instances[-1].partition(b":")
+    name, _, value = instances.pop().partition(b":")
     value = _WSP_RUN.sub(b" ", value.replace(b"\r\n", b"")).strip(b" \t")
     return name.strip().lower() + b":" + value + b"\r\n"
 
@@ -95,7 +97,7 @@ def _fold(tags: list[str]) -> list[str]:
     """The tags on lines of at most 78 characters where they allow, each continuation starting with a space;
     h= is broken after a colon."""
     words = [word for tag in tags for word in re.split(r"(?<=:)", tag)]
-    lines = [""]
+    lines = [words.pop(0)]
     for word in words:
         if lines[-1] and len(lines[-1]) + len(word) > 76:
             lines.append(" " if not word.startswith(" ") else "")
