@@ -549,8 +549,9 @@ def _mailbox(table: dict, section: str, key: str, check: _Collector) -> str | No
     value = check.typed(table, section, key, str, None)
     if value is None:
         return None
-    if "<" in value or (why := check_address(value)):
-        check.error(f"{section}.{key}", why or f"{value!r} must be a bare address, like unsubscribe@example.org")
+    why = f"{value!r} must be a bare address, like unsubscribe@example.org" if "<" in value else None
+    if why or (why := check_address(value)):
+        check.error(f"{section}.{key}", why)
         return None
     return value.strip()
 
