@@ -153,3 +153,14 @@ def test_any_subject_name_and_body_sign_and_verify(subject, name, body):
     raw = template.render(Recipient("r@example.org", name, "https://h.example.org/u/t"), "<id.1@example.org>")
     assert verifies(sign(raw, CONFIG))
 
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"b", b" ", b"\t", b"\r\n", b"  ", b"=20"]), max_size=60))
+def test_body_canonicalisation_is_dkimpys_relaxed(pieces):
+    from dkim.canonicalization import Relaxed
+
+    from newsletter.dkim import _relaxed_body
+
+    body = b"".join(pieces)
+    assert _relaxed_body(body) == Relaxed.canonicalize_body(body)
