@@ -228,10 +228,16 @@ def _write(payload: bytes, out: Path, newsletter_id: str, fmt: str, several: boo
 @cli.command()
 @click.pass_obj
 def check(state: State) -> None:
-    """Check the configuration and read every post, reporting every problem found."""
+    """Check the configuration, read every post, and render every newsletter's subject and templates against a
+    sample issue, reporting every problem found."""
+    from .digest import check_newsletters
+
     config = state.config()
     now = state.now(config)
     found = state.posts(config, now)
+    problems = check_newsletters(config, found, now)
+    if problems:
+        raise ConfigError(problems)
     click.echo(f"{config.where}: {len(config.newsletters)} newsletter(s), {len(found)} post(s) in "
                f"{config.site.source}, {len(state.warnings)} warning(s)")
 

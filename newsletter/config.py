@@ -458,16 +458,22 @@ def _schedule(table: dict, section: str, zone: ZoneInfo, check: _Collector) -> t
 
 
 def check_address(text: str) -> str | None:
-    """Return why `text` ("Name <addr>" or "addr") is not a usable address, or None when it is."""
-    from email.utils import parseaddr
+    """Return why `text` ("Name <addr>" or "addr") is not one usable address, or None when it is. It is parsed
+    as an RFC 5322 header would be, so a name with a comma must be quoted."""
+    from email.headerregistry import HeaderRegistry
 
     from email_validator import EmailNotValidError, validate_email
 
     if "\r" in text or "\n" in text:
         return "must not contain a line break"
-    _name, address = parseaddr(text)
-    if not address or ("<" not in text and " " in text.strip()):
+    parsed = HeaderRegistry()("From", text)
+    found = [a for a in parsed.addresses if a.username or a.domain]
+    if len(found) > 1:
+        return (f"{text!r} holds {len(found)} addresses; give exactly one, and quote a name with a comma or other "
+                'punctuation, like "\\"Harbour, Light\\" <news@example.org>"')
+    if len(found) != 1 or not found[0].domain or parsed.defects:
         return f"{text!r} is not an address like \"Blog <news@example.org>\""
+    address = found[0].addr_spec
     try:
         validate_email(address, check_deliverability=False)
     except EmailNotValidError as err:
@@ -496,12 +502,36 @@ def _ca_file(table: dict, base: Path, check: _Collector) -> Path | None:
 
 
 def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector) -> DeliveryConfig:
-    host = re.sub(r"^https?://", "", site.url).split("/")[0].split(":")[0] or "localhost"
+    def default_sender() -> tuple[str, str | None]:
+        """The From used when [delivery] from is not set: the site's title as the display name (quoted as RFC 5322
+        needs, line breaks folded) and newsletter@ the host of the site's URL; and why it is not usable, or None.
+        Without a URL (or with localhost) the address is newsletter@localhost, good for the outbox only."""
+        from email.headerregistry import Address
+        from urllib.parse import urlsplit
+
+        try:
+            host = urlsplit(site.url).hostname or ""
+        except ValueError as err:
+            return "", f"no From address can be made from site.url {site.url!r}: {err}"
+        name = " ".join(site.title.split())
+        try:
+            sender = str(Address(display_name=name, username="newsletter", domain=host or "localhost"))
+        except (ValueError, IndexError) as err:
+            return "", f"no From address can be made from site.url {site.url!r}: {err}"
+        if host in ("", "localhost"):
+            return sender, None
+        why = check_address(sender)
+        return sender, None if why is None else f"no From address can be made from site.url {site.url!r} ({why})"
+
     sender = check.typed(table, "delivery", "from", str, None)
     reply_to = check.typed(table, "delivery", "reply_to", str, None)
     for key, value in (("from", sender), ("reply_to", reply_to)):
         if value is not None and (why := check_address(value)):
             check.error(f"delivery.{key}", why)
+    if sender is None:
+        sender, why = default_sender()
+        if why:
+            check.error("delivery.from", f"is not set, and {why}; set it, like from = \"Blog <news@example.org>\"")
     provider = check.typed(table, "delivery", "provider", str, "outbox")
     if provider not in PROVIDERS:
         check.error("delivery.provider", f"{provider!r} is not a provider; use one of {', '.join(PROVIDERS)}")
@@ -518,7 +548,7 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
     if not re.match(r"^https?://[^/\s]+", api_host):
         check.error("delivery.sendgrid.api_host", f"{api_host!r} must be an http(s) URL")
     return DeliveryConfig(
-        from_addr=sender or f"{site.title} <newsletter@{host}>",
+        from_addr=sender,
         reply_to=reply_to,
         provider=provider,
         outbox=base / check.typed(table, "delivery", "outbox", str, "outbox"),

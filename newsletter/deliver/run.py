@@ -20,8 +20,8 @@ from datetime import datetime
 from .. import ledger
 from ..clock import format_duration
 from ..config import Config, NewsletterConfig
-from ..digest import Variants
-from ..errors import NewsletterError
+from ..digest import Variants, check_newsletters
+from ..errors import ConfigError, NewsletterError
 from ..plan import next_issue, period_of, plan_or_resume
 from ..posts import Post
 from ..render import Digest, Recipient
@@ -297,6 +297,9 @@ def send_newsletter(store: Store, config: Config, newsletter: NewsletterConfig, 
     issue of it first, so that a send cut short is never orphaned by the next one. `starting(record, created)`
     is told of each issue before it is worked and may return a progress callback; `finished` gets each report.
     """
+    problems = check_newsletters(config, posts, now, [newsletter])
+    if problems:  # nothing is planned that could not be rendered
+        raise ConfigError(problems)
     wanted = period or period_of(now, config, newsletter)
     reports: list[SendReport] = []
     worked: set[int] = set()

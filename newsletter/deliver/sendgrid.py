@@ -18,6 +18,7 @@ The API key comes from SENDGRID_API_KEY and is never printed.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import http.client
 import json
@@ -25,13 +26,21 @@ import os
 import re
 import time
 import urllib.error
-from email.utils import parseaddr
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from ..config import SendgridConfig
-from ..message import feedback_id, header_text, unsubscribe_mailto_uri, unsubscribe_values
+from ..message import (
+    AddressError,
+    address,
+    domain_of,
+    feedback_id,
+    header_text,
+    mailbox,
+    unsubscribe_mailto_uri,
+    unsubscribe_values,
+)
 from ..render import PERSONAL_FIELDS, marker
 from .base import Batch, Outcome, Provider, RateLimited, RetryBatch, SplitBatch, StopSend
 
@@ -45,8 +54,20 @@ def _tag(context: str, field: str) -> str:
 
 
 def _address(text: str) -> dict[str, str]:
-    name, email = parseaddr(header_text(text))
-    return {"email": email, "name": name} if name else {"email": email}
+    """A configured address (From, Reply-To) as SendGrid takes it, its domain in IDNA form."""
+    found = address(text)
+    email = f"{found.username}@{found.domain}"
+    return {"email": email, "name": found.display_name} if found.display_name else {"email": email}
+
+
+def _recipient_email(text: str) -> str:
+    """A subscriber's address as SendGrid's schema takes it (format: email, ASCII): an internationalised domain
+    in IDNA form; an address whose local part is not ASCII cannot go (AddressError says so)."""
+    box = mailbox(text)
+    if box.smtputf8:
+        raise AddressError(f"{text!r} has a local part that is not ASCII, which SendGrid's Mail Send does not take;"
+                           " send to it over SMTP with SMTPUTF8")
+    return box.addr_spec
 
 
 class SendgridProvider(Provider):
@@ -73,12 +94,12 @@ class SendgridProvider(Provider):
             return text
 
         mailto = unsubscribe_mailto_uri(batch.unsubscribe_mailto, batch.newsletter_id)
-        domain = _address(batch.sender)["email"].rpartition("@")[2]
+        domain = domain_of(batch.sender)
         personalizations = []
         for envelope in batch.envelopes:
             recipient = envelope.recipient
             values = {f: str(getattr(recipient, f) or "") for f in used}
-            to = {"email": recipient.email}
+            to = {"email": _recipient_email(recipient.email)}
             if header_text(recipient.name):
                 to["name"] = header_text(recipient.name)
             personalization = {
@@ -107,6 +128,20 @@ class SendgridProvider(Provider):
         return body
 
     def send(self, batch: Batch) -> list[Outcome]:
+        """Send the batch; a recipient whose address SendGrid cannot take fails alone, and the rest go."""
+        refused = {}
+        for i, envelope in enumerate(batch.envelopes):
+            try:
+                _recipient_email(envelope.recipient.email)
+            except AddressError as err:
+                refused[i] = Outcome.failed(str(err))
+        if not refused:
+            return self._post(batch)
+        kept = [e for i, e in enumerate(batch.envelopes) if i not in refused]
+        answered = iter(self._post(dataclasses.replace(batch, envelopes=tuple(kept))) if kept else ())
+        return [refused[i] if i in refused else next(answered) for i in range(len(batch.envelopes))]
+
+    def _post(self, batch: Batch) -> list[Outcome]:
         try:
             response = self.client.client.mail.send.post(request_body=self.payload(batch),
                                                          timeout=self.config.timeout)
