@@ -404,3 +404,17 @@ def test_the_text_part_is_wrapped_at_72_with_titles_set_apart_and_each_link_once
                  "https://harbourlight.example.org/preferences/preview",
                  "https://harbourlight.example.org/archive/weekly/2026-01-05/"):
         assert personal.text.count(link) == 1
+
+
+def test_fit_images_keeps_proportions_and_leaves_small_images_alone():
+    from newsletter.render import fit_images
+
+    fitted = lxml_html.fragment_fromstring(str(fit_images(
+        '<p>a &amp; b</p><img src="https://x.org/big.png" width="1600" height="900" alt="">'
+        '<img src="https://x.org/small.png" width="120" height="40" alt=""><img src="https://x.org/any.png" '
+        'height="300" alt=""><table><tr><td>1</td></tr></table>', 552)), create_parent="div")
+    assert [(i.get("width"), i.get("height")) for i in fitted.iter("img")] == [("552", "310"), ("120", "40"),
+                                                                                ("552", None)]
+    assert fitted.find("table").get("width") == "100%"
+    assert fitted.find("p").text == "a & b"
+    assert str(fit_images("<p>no images</p>", 552)) == "<p>no images</p>"
