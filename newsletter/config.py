@@ -100,8 +100,9 @@ class SiteConfig:
     future: bool
     is_jekyll: bool
     exclude: tuple[str, ...] = ()
-    #: Jekyll's `defaults:` entries that apply to posts, as (path prefix, values)
-    defaults: tuple[tuple[str, dict], ...] = field(default=(), compare=False)
+    #: Jekyll's `defaults:` entries that may apply to posts, in the order listed, as (scope path as written,
+    #: whether the scope names a type, values); which apply to a post and in what order is site.py's job
+    defaults: tuple[tuple[str, bool, dict], ...] = field(default=(), compare=False)
 
     @property
     def absolute_base(self) -> str:
@@ -333,14 +334,19 @@ def _read_site(table: dict, base: Path, source_override: Path | None, check: _Co
     )
 
 
-def _jekyll_post_defaults(jekyll: dict[str, Any] | None) -> tuple[tuple[str, dict], ...]:
+def _jekyll_post_defaults(jekyll: dict[str, Any] | None) -> tuple[tuple[str, bool, dict], ...]:
+    """The `defaults:` sets Jekyll would consider for posts: a mapping of values, scoped to no type, or to
+    `posts` (or the deprecated `post`). Sets Jekyll refuses (values not a mapping) are left out as it does."""
     found = []
     for entry in (jekyll or {}).get("defaults") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict):
             continue
         scope = entry.get("scope") if isinstance(entry.get("scope"), dict) else {}
-        if scope.get("type") in (None, "posts"):
-            found.append((str(scope.get("path") or "").strip("/"), entry["values"]))
+        kind = scope.get("type")
+        if kind is not None and str(kind) not in ("posts", "post"):
+            continue
+        path = scope.get("path")
+        found.append((path if isinstance(path, str) else "", kind is not None, entry["values"]))
     return tuple(found)
 
 

@@ -8,6 +8,7 @@ newsletter/migrations/versions; rows are never dropped.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -125,7 +126,7 @@ deliveries = sa.Table(
 
 
 class StoreError(NewsletterError):
-    """The database cannot be opened or migrated."""
+    """The database cannot be opened, migrated, read or written; the message names it (password hidden)."""
 
 
 def utcnow() -> datetime:
@@ -176,31 +177,109 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+URL_VARIABLE = "NEWSLETTER_DATABASE_URL"
+
+
+def _source(url: str) -> str:
+    """Where the user set the database URL, to name in a message."""
+    return URL_VARIABLE if os.environ.get(URL_VARIABLE) == url else "[database] url"
+
+
 def make_engine(url: str) -> Engine:
+    """An engine for `url` whose database faults (a file that is not a database, a damaged or read-only
+    file, a server that cannot be reached) come out as StoreError naming the database, the password hidden."""
+    source, safe = _source(url), engine_safe(url)
+    if not url.startswith("sqlite") and url.partition("://")[2].count("@") > 1:
+        raise StoreError(f"{source}: cannot use {safe}: the user name or password holds an '@'; write it as %40 "
+                         "in the URL")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     try:
-        engine = sa.create_engine(url, future=True)
+        parsed = sa.engine.make_url(url)
+        port = parsed.port
+    except (sa.exc.ArgumentError, ValueError) as err:
+        reason = err if isinstance(err, sa.exc.ArgumentError) else "its port is not a number"
+        raise StoreError(f"{source}: cannot use {safe}: {reason}") from err
+    if port is not None and not 0 < port < 65536:
+        raise StoreError(f"{source}: cannot use {safe}: the port {port} is not between 1 and 65535")
+    try:
+        engine = sa.create_engine(parsed, future=True)
     except (sa.exc.ArgumentError, ImportError) as err:
-        raise StoreError(f"[database] url: cannot use {engine_safe(url)}: {err}") from err
+        raise StoreError(f"{source}: cannot use {safe}: {err}") from err
+    sa.event.listen(engine, "handle_error", _DatabaseFaults(safe, source, parsed.password))
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         database = engine.url.database
-        if database and database != ":memory:":
+        uri = str(engine.url.query.get("uri", "")).lower() in ("true", "1")
+        if database and database != ":memory:" and not uri:
             try:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise StoreError(f"cannot open the database {engine_safe(url)}: {err.strerror}: "
+                raise StoreError(f"cannot open the database {safe}: {err.strerror}: "
                                  f"{Path(database).parent}") from err
     return engine
 
 
+class _DatabaseFaults:
+    """Turns the driver's errors about the database itself into one line a person can act on. Errors about
+    the statements (a constraint, bad data) are left alone: the code handles those, or they are bugs."""
+
+    SQLITE = (
+        ("file is not a database", "cannot open the database {db}: the file is not an SQLite database; set {source} "
+                                   "to the newsletter's database, or move this file away to start a new one"),
+        ("malformed", "the database {db} is damaged ({reason}); restore it from a backup (the sqlite3 shell's "
+                      ".recover command may save its rows)"),
+        ("readonly", "the database {db} is read-only ({reason}); make the file and its folder writable by this "
+                     "user, or copy it somewhere writable and set {source} to the copy"),
+        ("unable to open", "cannot open the database {db} ({reason}); check that its folder exists and that this "
+                           "user may write there"),
+        ("locked", "the database {db} stayed locked by another process for 30 s ({reason}); try again when that "
+                   "process has finished"),
+        ("disk i/o error", "the database {db} could not be read or written ({reason}); check the disk and the "
+                           "file"),
+    )
+
+    def __init__(self, safe: str, source: str, password: str | None):
+        self.safe, self.source, self.password = safe, source, password
+
+    def __call__(self, context) -> StoreError | None:
+        error = context.sqlalchemy_exception
+        if not isinstance(error, sa.exc.OperationalError | sa.exc.DatabaseError) or isinstance(
+                error, sa.exc.IntegrityError | sa.exc.DataError | sa.exc.ProgrammingError | sa.exc.NotSupportedError):
+            return None
+        reason = " ".join(str(context.original_exception).split("\n")[0].split())
+        if self.password:
+            reason = reason.replace(self.password, "***")
+        values = {"db": self.safe, "source": self.source, "reason": reason}
+        if context.engine is not None and context.engine.dialect.name == "sqlite":
+            for clue, message in self.SQLITE:
+                if clue in reason.lower():
+                    return StoreError(message.format(**values))
+            return StoreError("the database {db} failed: {reason}".format(**values))
+        if context.connection is None or "connection" in reason.lower():
+            lowered = reason.lower()
+            if "password" in lowered or "authentication" in lowered:
+                advice = "check the user name and password in {source}"
+            elif "does not exist" in lowered:
+                advice = "create it, or correct the name in {source}"
+            else:
+                advice = "check that the server is running and that {source} names it rightly"
+            return StoreError(("cannot connect to the database {db}: {reason}; " + advice).format(**values))
+        return StoreError("the database {db} failed: {reason}".format(**values))
+
+
 def engine_safe(url: str) -> str:
-    """A database URL fit to print: the password hidden."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    """A database URL fit to print: the password hidden, whatever characters it holds (an '@' in a password
+    that is not written %40 makes SQLAlchemy's own parser show part of it)."""
+    scheme, separator, rest = str(url).partition("://")
+    if not separator or not scheme or any(c.isspace() for c in scheme):
         return "an invalid URL"
+    rest = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
+    if scheme.startswith("sqlite") or "@" not in rest:
+        return f"{scheme}://{rest}"
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def open_store(url: str) -> Store:

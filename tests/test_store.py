@@ -68,3 +68,41 @@ def test_a_bad_database_url_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match=r"cannot open the database sqlite:///.*/missing/dir/x.db"):
         (tmp_path / "missing").write_text("a file where a folder should be")
         open_store(f"sqlite:///{tmp_path}/missing/dir/x.db")
+
+
+def test_the_printed_url_hides_the_whole_password():
+    from newsletter.store import engine_safe
+
+    assert engine_safe("postgresql://bob:PG@SECRETpw4@host/db") == "postgresql://bob:***@host/db"
+    assert engine_safe("postgresql://bob:pa/ss:w@rd@host:5432/db") == "postgresql://bob:***@host:5432/db"
+    assert engine_safe("postgresql://bob:s3cret@host/db") == "postgresql://bob:***@host/db"
+    assert engine_safe("postgresql://bob@host/db?password=s3cret&sslmode=require") == \
+        "postgresql://bob@host/db?password=***&sslmode=require"
+    assert engine_safe("sqlite:////srv/news@letter/x.db") == "sqlite:////srv/news@letter/x.db"
+    assert engine_safe("not a url") == "an invalid URL"
+
+
+def test_a_uri_filename_makes_no_folder(tmp_path, monkeypatch):
+    """`sqlite:///file:...?uri=true` names a URI, not a folder to create (it used to make ./file:)."""
+    monkeypatch.chdir(tmp_path)
+    store = open_store(f"sqlite:///file:{tmp_path}/x.db?uri=true")
+    store.engine.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
+
+
+def test_database_faults_are_store_errors_and_constraint_errors_are_not(tmp_path):
+    import pytest
+
+    from newsletter.store import StoreError
+
+    (tmp_path / "text.db").write_text("not a database")
+    with pytest.raises(StoreError, match=r"^cannot open the database sqlite:///.*/text.db: the file is not an SQLite "
+                                         r"database; set \[database\] url to") as caught:
+        open_store(f"sqlite:///{tmp_path}/text.db")
+    import sqlite3
+
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)  # the driver's own error, chained
+    store = open_store(f"sqlite:///{tmp_path}/good.db")
+    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO settings (key, value) VALUES ('k', 'v'), ('k', 'w')"))
+    store.engine.dispose()

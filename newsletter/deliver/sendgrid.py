@@ -81,6 +81,11 @@ class SendgridProvider(Provider):
         self.api_key = api_key if api_key is not None else os.environ.get(KEY_VARIABLE)
         if not self.api_key:
             raise StopSend(f"the sendgrid provider needs an API key in the environment variable {KEY_VARIABLE}")
+        wrong = next((i for i, c in enumerate(self.api_key) if not ("!" <= c <= "~")), None)
+        if wrong is not None:
+            # it would fail only once a batch is claimed, in the HTTP header, and leave that batch unknown
+            raise StopSend(f"{KEY_VARIABLE} holds a space, line break or non-ASCII character (at position "
+                           f"{wrong + 1}), which no API key has; set it to the key exactly as SendGrid shows it")
         self.client = SendGridAPIClient(api_key=self.api_key, host=config.api_host)
 
     def payload(self, batch: Batch) -> dict:
