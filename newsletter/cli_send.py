@@ -11,7 +11,7 @@ import click
 from .cli import State, cli
 from .clock import format_duration
 from .config import PROVIDERS
-from .errors import UnknownNameError
+from .errors import NewsletterError, Problem, UnknownNameError
 
 
 class Progress:
@@ -89,7 +89,11 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
         report = plan_dry(store, config, newsletter, posts, now)
         _print_plan(report)
         return
-    chosen = make_provider(config, provider)
+    chosen = make_provider(config, provider, store)
+    if not to_address:
+        from .events import last_issue_warnings
+
+        state.warn([Problem(newsletter.id, warning) for warning in last_issue_warnings(store, newsletter.id)])
     if to_address:
         try:
             address = normalise_email(to_address)
@@ -124,9 +128,15 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
             progress.pop().stop()
         state.exit_code = max(state.exit_code, _print_report(report, newsletter, config, chosen, now))
 
+    def checks(warnings):
+        state.warn([Problem(newsletter.id, warning) for warning in warnings])
+        if warnings and state.strict:
+            raise NewsletterError(f"{newsletter.id}: {len(warnings)} warning(s) before sending and --strict was "
+                                  "given; nothing was sent, the issue stays planned")
+
     try:
         send_newsletter(store, config, newsletter, chosen, posts, now, retry_unknown=retry_unknown,
-                        starting=starting, finished=finished)
+                        starting=starting, finished=finished, checks=checks)
     finally:
         for bar in progress:
             bar.stop()
@@ -138,8 +148,6 @@ def _print_report(report, newsletter, config, chosen, now) -> int:
         click.echo(f"{newsletter.id}: issue for {report.period} skipped: nothing in the last "
                    f"{format_duration(newsletter.window)} that an earlier issue did not carry")
         return 0
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
     if report.recovered:
         click.echo(f"warning: {report.recovered} delivery(ies) were in flight when an earlier send stopped; they "
                    "are now unknown and were not sent again", err=True)
@@ -181,7 +189,7 @@ def _print_plan(report) -> None:
 @click.pass_obj
 def status(state: State, issue_id: int | None, as_json: bool) -> None:
     """Issues with their counts per delivery status; with ISSUE, its failures and unknowns with reasons."""
-    from . import ledger
+    from . import events, ledger
 
     store = state.store(state.config())
     issues = ledger.list_issues(store)
@@ -199,14 +207,18 @@ def status(state: State, issue_id: int | None, as_json: bool) -> None:
     if found is None:
         raise UnknownNameError(f"no issue {issue_id}; `newsletter status` lists them")
     rows = ledger.open_deliveries(store, issue_id)
+    reported, health = events.event_counts(store, issue_id), events.issue_health(store, issue_id)
     if as_json:
         click.echo(json.dumps({**{k: found[k] for k in ("id", "newsletter", "period", "status", "counts")},
+                               "events": reported, "rates": health.as_json(),
                                "deliveries": [{k: r[k] for k in ("email", "status", "error")} for r in rows]},
                               indent=2, ensure_ascii=False))
         return
     tally = ", ".join(f"{s} {n}" for s, n in sorted(found["counts"].items())) or "no deliveries"
     click.echo(f"issue {found['id']}: {found['newsletter']} {found['period']} #{found['number']} "
                f"({found['status']}): {tally}")
+    if reported:
+        click.echo(f"reported: {', '.join(f'{k} {n}' for k, n in reported.items())}; {events.outcome_line(health)}")
     for row in rows:
         if row["status"] != "skipped" or row["error"]:
             click.echo(f"{row['status']}\t{row['email']}\t{row['error'] or ''}")

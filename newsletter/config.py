@@ -59,13 +59,15 @@ DELIVERY_KEYS = {
     "max_attempts": 5,
     "retry_delay": 30.0,
     "deadline": "1h",
+    "soft_bounce_limit": 3,
     "smtp": {},
     "sendgrid": {},
     "dkim": {},
 }
 SMTP_KEYS = {"host": "localhost", "port": None, "security": "starttls", "username": None, "connections": 2,
-             "timeout": 30.0, "ca_file": None}
-SENDGRID_KEYS = {"api_host": "https://api.sendgrid.com", "timeout": 30.0, "batch_size": 1000}
+             "timeout": 30.0, "ca_file": None, "bounce_address": None}
+SENDGRID_KEYS = {"api_host": "https://api.sendgrid.com", "timeout": 30.0, "batch_size": 1000,
+                 "webhook_public_key": None, "webhook_tolerance": "10m"}
 DKIM_KEYS = {"domain": None, "selector": None, "key_file": None}
 DKIM_KEY_VARIABLE = "NEWSLETTER_DKIM_PRIVATE_KEY"
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
@@ -140,6 +142,8 @@ class SmtpConfig:
     connections: int = 2
     timeout: float = 30.0
     ca_file: Path | None = None
+    #: the envelope sender bounces come back to, made per delivery as `local+<signed id>@domain` (VERP)
+    bounce_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,10 @@ class SendgridConfig:
     api_host: str = "https://api.sendgrid.com"
     timeout: float = 30.0
     batch_size: int = 1000
+    #: the base64 ECDSA public key SendGrid shows for its signed Event Webhook
+    webhook_public_key: str | None = None
+    #: how old a webhook post's signed timestamp may be
+    webhook_tolerance: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,8 @@ class DeliveryConfig:
     retry_delay: float = 30.0
     #: how long a send may wait out rate limits and retries before it stops with the rest pending
     deadline: timedelta = timedelta(hours=1)
+    #: soft bounces in a row (one per delivery) after which a subscriber counts as bounced
+    soft_bounce_limit: int = 3
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     sendgrid: SendgridConfig = field(default_factory=SendgridConfig)
     #: DKIM signing of the messages the outbox and SMTP send; None when [delivery.dkim] is not set
@@ -562,6 +572,7 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
         max_attempts=_number(table, "delivery", "max_attempts", 5, check, high=100),
         retry_delay=_number(table, "delivery", "retry_delay", 30.0, check, kind=float, low=0),
         deadline=_duration(table, "delivery", "deadline", "1h", check),
+        soft_bounce_limit=_number(table, "delivery", "soft_bounce_limit", 3, check, high=100),
         smtp=SmtpConfig(
             host=check.typed(smtp_table, "delivery.smtp", "host", str, "localhost"),
             port=_number(smtp_table, "delivery.smtp", "port", SECURITY[security], check, high=65535),
@@ -570,11 +581,14 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
             connections=_number(smtp_table, "delivery.smtp", "connections", 2, check, high=64),
             timeout=_number(smtp_table, "delivery.smtp", "timeout", 30.0, check, kind=float, low=0.1),
             ca_file=_ca_file(smtp_table, base, check),
+            bounce_address=_bounce_address(smtp_table, check),
         ),
         sendgrid=SendgridConfig(
             api_host=api_host.rstrip("/"),
             timeout=_number(sendgrid_table, "delivery.sendgrid", "timeout", 30.0, check, kind=float, low=0.1),
             batch_size=_number(sendgrid_table, "delivery.sendgrid", "batch_size", 1000, check, high=1000),
+            webhook_public_key=_webhook_key(sendgrid_table, check),
+            webhook_tolerance=_duration(sendgrid_table, "delivery.sendgrid", "webhook_tolerance", "10m", check),
         ),
         dkim=dkim,
     )
@@ -615,3 +629,33 @@ def _read_dkim(table: dict, base: Path, check: _Collector) -> DkimConfig | None:
     if not found.get("domain") or not found.get("selector"):
         return None
     return DkimConfig(domain=found["domain"].rstrip(".").lower(), selector=found["selector"], key_file=path)
+
+
+def _bounce_address(table: dict, check: _Collector) -> str | None:
+    """[delivery.smtp] bounce_address: a bare address whose local part can take a `+<signed id>` tag."""
+    value = check.typed(table, "delivery.smtp", "bounce_address", str, None)
+    if value is None:
+        return None
+    local, at, domain = value.strip().rpartition("@")
+    why = check_address(value.strip()) if at else None
+    if not at or "<" in value or "+" in local or why:
+        check.error("delivery.smtp.bounce_address", f"{value!r} must be a bare address without a '+' tag, like "
+                                                    "\"bounces@news.example.org\"" + (f" ({why})" if why else ""))
+        return None
+    return f"{local}@{domain.lower()}"
+
+
+def _webhook_key(table: dict, check: _Collector) -> str | None:
+    """[delivery.sendgrid] webhook_public_key: the base64 key SendGrid shows; checked now, not at the first post."""
+    value = check.typed(table, "delivery.sendgrid", "webhook_public_key", str, None)
+    if value is None:
+        return None
+    from .webhooks import load_public_key
+
+    try:
+        load_public_key(value)
+    except ValueError as err:
+        check.error("delivery.sendgrid.webhook_public_key", f"{err}; paste the key SendGrid shows under Settings, "
+                                                            "Mail Settings, Signed Event Webhook Requests")
+        return None
+    return "".join(value.split())

@@ -21,7 +21,15 @@ from .config import Config, NewsletterConfig
 from .errors import Problem, RenderError
 from .message import AddressError, MessageTemplate, domain_of
 from .posts import Post
-from .render import Digest, IssueInfo, Recipient, compile_templates, render_digest, template_environment
+from .render import (
+    Digest,
+    IssueInfo,
+    Recipient,
+    check_html,
+    compile_templates,
+    render_digest,
+    template_environment,
+)
 from .select import Selection, group_sections
 from .store import Store
 from .subscribers import decode_categories
@@ -107,9 +115,10 @@ class Variants:
                                                  digest.text):
                 # another process rendered and stored it at the same moment: theirs is the frozen one
                 stored, digest = ledger.load_variant(self.store, self.record.id, key), None
-        if digest is None:
+        if digest is None:  # the frozen one; its checks are run again, so a resumed send still reports them
+            checks = tuple(check_html(stored.html, where=f"{self.newsletter.template}.html.j2"))
             digest = Digest(self.newsletter.id, self.issue_info, selection, stored.subject, stored.html,
-                            stored.text, ())
+                            stored.text, checks)
         self._by_key[key] = digest
         return digest
 

@@ -309,3 +309,22 @@ def migrate(engine: Engine) -> None:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7160457)"))  # one migrator at a time
         alembic.attributes["connection"] = conn
         command.upgrade(alembic, "head")
+
+
+# --- What providers report back (events.py): one row per provider event, keyed so a repeat is recorded once.
+delivery_events = sa.Table(
+    "delivery_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("delivery_id", sa.Integer, sa.ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("issue_id", sa.Integer, nullable=False),
+    sa.Column("subscriber_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("classification", sa.String(16)),
+    sa.Column("detail", sa.Text),
+    sa.Column("occurred_at", Instant(), nullable=False),
+    sa.Column("received_at", Instant(), nullable=False),
+    sa.Index("ix_delivery_events_issue_kind", "issue_id", "kind"),
+    sa.Index("ix_delivery_events_subscriber", "subscriber_id", "delivery_id"),
+)  # fmt: skip

@@ -201,7 +201,7 @@ def test_a_secret_key_that_is_not_text_stops_before_anything_is_sent(run, tmp_pa
         "error: the secret key (NEWSLETTER_SECRET_KEY) is not UTF-8 text (character 4); set it to letters and "
         "digits, e.g. the output of `python3 -c 'import secrets; print(secrets.token_hex(32))'`")
     monkeypatch.delenv("NEWSLETTER_SECRET_KEY")
-    assert run("status").stdout == "1\tweekly\t2026-01-05\t#1\tsending\tpending 8\n"
+    assert run("status").stdout == "1\tweekly\t2026-01-05\t#1\tunfinished\tpending 8\n"
     assert not (tmp_path / "outbox").exists()
 
 

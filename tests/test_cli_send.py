@@ -91,7 +91,10 @@ def test_send_then_resend_then_status(run, tmp_path):
     listing = json.loads(run("status", "--json").stdout)
     assert listing == [{"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8}}]
     one = json.loads(run("status", "1", "--json").stdout)
-    assert one == {"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8}, "deliveries": []}
+    assert one == {"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8},
+                   "events": {}, "rates": {"sent": 8, "complained": 0, "hard_bounced": 0, "complaint_rate": 0.0,
+                                           "hard_bounce_rate": 0.0, "now_bounced": 0, "now_complained": 0},
+                   "deliveries": []}
     assert run("status").stdout == "1\tweekly\t2026-01-05\t#1\tdone\tsent 8\n"
     assert run("status", "9").exit_code == 2
     empty = run("--now", "2026-01-06T07:00:00+00:00", "send", "weekly")
@@ -173,3 +176,21 @@ def test_send_refuses_a_subject_it_cannot_render_before_planning_anything(run, t
     assert result.exit_code == 2
     assert "newsletters.weekly.subject:1:" in result.stderr
     assert json.loads(run("status", "--json").stdout) == []
+
+
+def test_strict_send_stops_on_a_pre_send_warning_before_anything_goes(run, tmp_path):
+    run("subscribers", "import", "subscribers/sample.csv")
+    config = tmp_path / "newsletter.toml"
+    config.write_text(config.read_text().replace("[site]\n", "[site]\nurl = \"\"\n"))  # images without a host
+    strict = run("--strict", "--now", NOW, "send", "weekly")
+    assert strict.exit_code == 1
+    warnings = [line for line in strict.stderr.splitlines() if line.startswith("warning: weekly: ")]
+    assert warnings and all("image" in line for line in warnings)
+    assert strict.stderr.splitlines()[-1] == ("error: weekly: {} warning(s) before sending and --strict was given; "
+                                              "nothing was sent, the issue stays planned".format(len(warnings)))
+    assert not (tmp_path / "outbox").exists()
+    assert json.loads(run("status", "--json").stdout)[0]["counts"] == {"pending": 8}
+    relaxed = run("--now", NOW, "send", "weekly")
+    assert relaxed.exit_code == 0
+    assert [line for line in relaxed.stderr.splitlines() if line.startswith("warning: weekly: ")] == warnings
+    assert json.loads(run("status", "--json").stdout)[0]["counts"] == {"sent": 8}

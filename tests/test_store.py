@@ -12,8 +12,8 @@ from newsletter.store import MIGRATIONS, make_engine, open_store
 def test_a_new_database_gets_every_table_at_the_newest_version(db_url):
     store = open_store(db_url)
     inspector = sa.inspect(store.engine)
-    assert sorted(inspector.get_table_names()) == ["alembic_version", "deliveries", "issue_posts", "issues",
-                                                   "settings", "subscribers", "subscriptions", "variants"]
+    assert sorted(inspector.get_table_names()) == ["alembic_version", "deliveries", "delivery_events", "issue_posts",
+                                                   "issues", "settings", "subscribers", "subscriptions", "variants"]
     with store.engine.connect() as conn:
         newest = sorted(p.name[:4] for p in MIGRATIONS.joinpath("versions").glob("0*.py"))[-1]
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == newest

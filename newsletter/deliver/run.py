@@ -73,8 +73,12 @@ class Sender:
     def __init__(self, store: Store, config: Config, newsletter: NewsletterConfig, provider: Provider, *,
                  progress: Callable[[list[ledger.Mark]], None] | None = None,
                  sleep: Callable[[float], None] | None = None, stop: threading.Event | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 checks: Callable[[list[str]], None] | None = None):
         self.store, self.config, self.newsletter, self.provider = store, config, newsletter, provider
+        # told the pre-send warnings (links, what mail clients would show badly) before anything is sent; it may
+        # raise to stop the send then (--strict does)
+        self.checks = checks or (lambda warnings: None)
         self.progress = progress or (lambda marks: None)
         self.stop = stop
         self.sleep = sleep or (stop.wait if stop is not None else time.sleep)
@@ -102,14 +106,23 @@ class Sender:
                     report.retried_unknown = ledger.retry_unknown(self.store, record.id)
                 report.recovered = ledger.recover_in_flight(self.store, record.id)
                 variants = Variants(self.store, self.config, self.newsletter, record)
+                report.warnings += self._precheck(record, variants)
+                self.checks(report.warnings)
                 self._work(record, variants, now)
             ledger.finish(self.store, record.id)
             report.variants = variants.rendered
-            report.warnings += sorted({str(check) for digest in variants.digests for check in digest.checks})
         finally:
             ledger.release_lease(self.store, record.id, self.owner)
         report.counts = ledger.counts(self.store, record.id)
         return report
+
+    def _precheck(self, record: ledger.IssueRecord, variants: Variants) -> list[str]:
+        """Render (or load) every variant still to be sent, before anything goes, and return what the checks
+        of the newly rendered ones found."""
+        for audience, _count in ledger.pending_audiences(self.store, record.id):
+            if audience is not None:
+                variants.for_categories(audience)
+        return sorted({str(check) for digest in variants.digests for check in digest.checks})
 
     def _work(self, record: ledger.IssueRecord, variants: Variants, now: datetime) -> None:
         tokens = Tokens(self.store.secret())
@@ -292,10 +305,12 @@ def send_newsletter(store: Store, config: Config, newsletter: NewsletterConfig, 
                     posts: Sequence[Post], now: datetime, *, period: str | None = None, retry_unknown: bool = False,
                     starting: Callable[[ledger.IssueRecord, bool], Callable | None] | None = None,
                     finished: Callable[[SendReport], None] | None = None,
-                    stop: threading.Event | None = None) -> list[SendReport]:
+                    stop: threading.Event | None = None,
+                    checks: Callable[[list[str]], None] | None = None) -> list[SendReport]:
     """Send the newsletter's issue for `period` (a manual send's by default), finishing any unfinished earlier
     issue of it first, so that a send cut short is never orphaned by the next one. `starting(record, created)`
-    is told of each issue before it is worked and may return a progress callback; `finished` gets each report.
+    is told of each issue before it is worked and may return a progress callback; `finished` gets each report;
+    `checks` gets each issue's pre-send warnings before anything of it is sent (see Sender).
     """
     problems = check_newsletters(config, posts, now, [newsletter])
     if problems:  # nothing is planned that could not be rendered
@@ -310,7 +325,7 @@ def send_newsletter(store: Store, config: Config, newsletter: NewsletterConfig, 
                                   f"after a send; see `newsletter status {record.id}`")
         worked.add(record.id)
         progress = starting(record, created) if starting else None
-        report = Sender(store, config, newsletter, provider, progress=progress, stop=stop).run(
+        report = Sender(store, config, newsletter, provider, progress=progress, stop=stop, checks=checks).run(
             record, now, retry_unknown=retry_unknown)
         report.created = created
         reports.append(report)

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..config import SmtpConfig
 from ..errors import NewsletterError
 from ..message import AddressError, Mailbox, address, mailbox
+from ..verp import BounceAddresses
 from .base import Batch, Envelope, Outcome, Provider, RetryBatch, StopSend
 
 PASSWORD_VARIABLE = "NEWSLETTER_SMTP_PASSWORD"
@@ -50,8 +51,10 @@ class _Stale(Exception):
 class SmtpProvider(Provider):
     name = "smtp"
 
-    def __init__(self, config: SmtpConfig, batch_size: int = 100, password: str | None = None):
+    def __init__(self, config: SmtpConfig, batch_size: int = 100, password: str | None = None,
+                 bounces: BounceAddresses | None = None):
         self.config = config
+        self.bounces = bounces  # a per-delivery envelope sender (VERP), when [delivery.smtp] bounce_address is set
         self.batch_size = batch_size
         self.password = password if password is not None else os.environ.get(PASSWORD_VARIABLE)
         if config.username and not self.password:
@@ -154,6 +157,8 @@ class SmtpProvider(Provider):
         try:
             message_id, data = batch.message_bytes(envelope)
             recipient = mailbox(envelope.recipient.email)
+            if self.bounces is not None and envelope.delivery_id:
+                sender = mailbox(self.bounces.for_delivery(envelope.delivery_id))
         except AddressError as err:
             return Outcome.failed(str(err))
         except Exception as err:
