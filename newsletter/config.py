@@ -62,14 +62,18 @@ DELIVERY_KEYS = {
     "soft_bounce_limit": 3,
     "smtp": {},
     "sendgrid": {},
+    "dkim": {},
 }
 SMTP_KEYS = {"host": "localhost", "port": None, "security": "starttls", "username": None, "connections": 2,
              "timeout": 30.0, "ca_file": None, "bounce_address": None}
 SENDGRID_KEYS = {"api_host": "https://api.sendgrid.com", "timeout": 30.0, "batch_size": 1000,
                  "webhook_public_key": None, "webhook_tolerance": "10m"}
+DKIM_KEYS = {"domain": None, "selector": None, "key_file": None}
+DKIM_KEY_VARIABLE = "NEWSLETTER_DKIM_PRIVATE_KEY"
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 DATABASE_KEYS = {"url": None}
 RENDER_KEYS = {"templates": "templates"}
-WEB_KEYS = {"base_url": None}
+WEB_KEYS = {"base_url": None, "unsubscribe_mailto": None}
 SECTIONS = {"site": SITE_KEYS, "delivery": DELIVERY_KEYS, "database": DATABASE_KEYS, "render": RENDER_KEYS,
             "web": WEB_KEYS}
 PROVIDERS = ("outbox", "smtp", "sendgrid")
@@ -154,6 +158,16 @@ class SendgridConfig:
 
 
 @dataclass(frozen=True)
+class DkimConfig:
+    """Who signs: d= and s= of the signature. The private key is read from `key_file`, or else from the
+    environment variable NEWSLETTER_DKIM_PRIVATE_KEY (see dkim.py); it is never kept here."""
+
+    domain: str
+    selector: str
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class DeliveryConfig:
     from_addr: str
     reply_to: str | None
@@ -168,6 +182,8 @@ class DeliveryConfig:
     soft_bounce_limit: int = 3
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     sendgrid: SendgridConfig = field(default_factory=SendgridConfig)
+    #: DKIM signing of the messages the outbox and SMTP send; None when [delivery.dkim] is not set
+    dkim: DkimConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +197,8 @@ class Config:
     database_url: str = "sqlite://"
     web_base_url_set: bool = False
     warnings: list[Problem] = field(default_factory=list)
+    #: the mailbox List-Unsubscribe offers as a mailto: target too, when set
+    unsubscribe_mailto: str | None = None
 
     def newsletter(self, newsletter_id: str) -> NewsletterConfig:
         try:
@@ -258,12 +276,13 @@ def load_config(path: Path | None, *, source_override: Path | None = None) -> Co
     web_base_url = check.typed(tables["web"], "web", "base_url", str, None)
     if web_base_url and not re.match(r"^https?://[^/\s]+", web_base_url):
         check.error("web.base_url", f"{web_base_url!r} must be an absolute http(s) URL")
+    unsubscribe_mailto = _mailbox(tables["web"], "web", "unsubscribe_mailto", check)
     database_url = os.environ.get("NEWSLETTER_DATABASE_URL") or check.typed(
         tables["database"], "database", "url", str, None) or f"sqlite:///{base / 'newsletter.db'}"
     if check.errors:
         raise ConfigError(check.errors + check.warnings)
     return Config(path, site, newsletters, delivery, templates, (web_base_url or site.absolute_base).rstrip("/"),
-                  database_url, bool(web_base_url), check.warnings)
+                  database_url, bool(web_base_url), check.warnings, unsubscribe_mailto)
 
 
 def _jekyll_config(source: Path, check: _Collector) -> dict[str, Any] | None:
@@ -536,6 +555,7 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
     sendgrid_table = check.typed(table, "delivery", "sendgrid", dict, {})
     check.unknown(smtp_table, "delivery.smtp", SMTP_KEYS)
     check.unknown(sendgrid_table, "delivery.sendgrid", SENDGRID_KEYS)
+    dkim = _read_dkim(check.typed(table, "delivery", "dkim", dict, {}), base, check)
     security = check.typed(smtp_table, "delivery.smtp", "security", str, "starttls")
     if security not in SECURITY:
         check.error("delivery.smtp.security", f"{security!r} must be one of none, starttls, ssl")
@@ -570,7 +590,45 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
             webhook_public_key=_webhook_key(sendgrid_table, check),
             webhook_tolerance=_duration(sendgrid_table, "delivery.sendgrid", "webhook_tolerance", "10m", check),
         ),
+        dkim=dkim,
     )
+
+
+def _mailbox(table: dict, section: str, key: str, check: _Collector) -> str | None:
+    """A bare address (no display name), such as the mailto: target of List-Unsubscribe."""
+    value = check.typed(table, section, key, str, None)
+    if value is None:
+        return None
+    why = f"{value!r} must be a bare address, like unsubscribe@example.org" if "<" in value else None
+    if why or (why := check_address(value)):
+        check.error(f"{section}.{key}", why)
+        return None
+    return value.strip()
+
+
+def _read_dkim(table: dict, base: Path, check: _Collector) -> DkimConfig | None:
+    """[delivery.dkim]: domain and selector, and the key from key_file or NEWSLETTER_DKIM_PRIVATE_KEY."""
+    check.unknown(table, "delivery.dkim", DKIM_KEYS)
+    if not table:
+        return None
+    found = {}
+    for key in ("domain", "selector"):
+        value = check.typed(table, "delivery.dkim", key, str, None)
+        if not value:
+            check.error(f"delivery.dkim.{key}", "is needed to sign messages (or remove [delivery.dkim])")
+        elif not all(_DNS_LABEL.match(label) for label in value.rstrip(".").split(".")):
+            check.error(f"delivery.dkim.{key}", f"{value!r} is not a DNS name")
+        found[key] = value
+    key_file = check.typed(table, "delivery.dkim", "key_file", str, None)
+    path = base / key_file if key_file else None
+    if path is not None and not path.is_file():
+        check.error("delivery.dkim.key_file", f"{path} is not a file (a PEM private key)")
+    if path is None and not os.environ.get(DKIM_KEY_VARIABLE):
+        check.error("delivery.dkim.key_file", f"set it to a PEM private key file, or put the key in the "
+                                              f"environment variable {DKIM_KEY_VARIABLE}")
+    if not found.get("domain") or not found.get("selector"):
+        return None
+    return DkimConfig(domain=found["domain"].rstrip(".").lower(), selector=found["selector"], key_file=path)
 
 
 def _bounce_address(table: dict, check: _Collector) -> str | None:

@@ -32,6 +32,7 @@ WIRE_POLICY = email.policy.SMTP.clone(max_line_length=998)
 #: for the headers of a message that carries an address with a non-ASCII local part (RFC 6532, sent with SMTPUTF8)
 UTF8_POLICY = WIRE_POLICY.clone(utf8=True)
 PERSONAL_SUBJECT_FIELDS = ("name", "email")
+ONE_CLICK = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
 MAX_LINE = 998
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                             r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
@@ -139,11 +140,54 @@ def quoted_printable(text: str) -> bytes:
     return encoded if encoded.endswith(b"\r\n") else encoded + b"\r\n"
 
 
+def bulk_headers(newsletter_id: str, issue_number: int, domain: str) -> bytes:
+    """What tells receivers this is a list message: no out-of-office or auto replies (Precedence, and
+    X-Auto-Response-Suppress for Exchange), and a Feedback-ID naming the issue, newsletter and sender, by which
+    Gmail's postmaster tools report complaints."""
+    return (b"Precedence: bulk\r\nX-Auto-Response-Suppress: OOF, AutoReply\r\n"
+            + header("Feedback-ID", feedback_id(newsletter_id, issue_number, domain)))
+
+
+def feedback_id(newsletter_id: str, issue_number: int, domain: str) -> str:
+    return f"{issue_number}:{newsletter_id}:newsletter:{domain}"
+
+
+def unsubscribe_mailto_uri(target: str | None, newsletter_id: str) -> str | None:
+    """The mailto: target of List-Unsubscribe, for clients that only mail; its subject names the newsletter.
+    ASCII throughout (RFC 6068): the domain in IDNA, anything else in the local part percent-encoded."""
+    if not target:
+        return None
+    box = mailbox(target)
+    return f"mailto:{quote(box.local, safe='!$&*+-._~=')}@{box.domain}?subject=unsubscribe%20{newsletter_id}"
+
+
+def unsubscribe_values(url: str, mailto: str | None) -> dict[str, str]:
+    """List-Unsubscribe (the HTTPS link first, then the mailto: target) and, with the link, the RFC 8058
+    one-click List-Unsubscribe-Post."""
+    targets = [f"<{header_text(url)}>"] if url else []
+    targets += [f"<{mailto}>"] if mailto else []
+    values = {"List-Unsubscribe": ", ".join(targets)} if targets else {}
+    if url:
+        values["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return values
+
+
+def unsubscribe_headers(url: str, mailto: str | None) -> list[bytes]:
+    """The same headers on the wire: the link on List-Unsubscribe's first line (see link_header), the mailto:
+    target on a folded line of its own, so that it never pushes the link past the line limit."""
+    if not url:
+        return [f"List-Unsubscribe: <{mailto}>\r\n".encode("ascii")] if mailto else []
+    line = link_header("List-Unsubscribe", url)
+    if mailto:
+        line = line[:-2] + f",\r\n <{mailto}>\r\n".encode("ascii")
+    return [line, ONE_CLICK]
+
+
 class MessageTemplate:
     """The messages of one digest variant: the shared part built once, each recipient's copy made from it."""
 
     def __init__(self, digest: Digest, *, sender: str, reply_to: str | None, list_id: tuple[str, str],
-                 date: datetime):
+                 date: datetime, unsubscribe_mailto: str | None = None):
         self.digest = digest
         self.domain = domain_of(sender)
         self.personal_subject = any(marker(f) in digest.subject for f in PERSONAL_SUBJECT_FIELDS)
@@ -157,7 +201,9 @@ class MessageTemplate:
         list_id = f"{newsletter_id}.{self.domain}"
         self.tail = (header("Date", format_datetime(date))
                      + _phrase_fits("List-Id", header("List-Id", formataddr((header_text(title), list_id))),
-                                    header_text(title), list_id))
+                                    header_text(title), list_id)
+                     + bulk_headers(newsletter_id, digest.issue.number, self.domain))
+        self.mailto = unsubscribe_mailto_uri(unsubscribe_mailto, newsletter_id)
         self.boundary = f"=_nl_{secrets.token_hex(12)}".encode()
 
     def render(self, recipient: Recipient, message_id: str) -> bytes:
@@ -168,9 +214,7 @@ class MessageTemplate:
         personal = personalise(self.digest, recipient)
         parts = [header("Subject", personal.subject)] if self.personal_subject else []
         parts += [self.head, address_header("To", to), self.tail, header("Message-ID", message_id)]
-        if recipient.unsubscribe_url:
-            parts.append(link_header("List-Unsubscribe", recipient.unsubscribe_url))
-            parts.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        parts += unsubscribe_headers(recipient.unsubscribe_url, self.mailto)
         boundary = self.boundary
         parts += [
             b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="', boundary, b'"\r\n\r\n',

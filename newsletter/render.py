@@ -128,6 +128,7 @@ def _context(newsletter: Any, site: Any, issue: IssueInfo, selection: Selection,
             date=post.date,
             excerpt_html=Markup(post.excerpt_html),
             image_alt=post.image_alt or post.title,
+            image_description=post.image_alt or "",
             image_size=sizes.get(post.key),
             data=post.data,
         )
@@ -149,6 +150,7 @@ def _context(newsletter: Any, site: Any, issue: IssueInfo, selection: Selection,
             {"category": section.category, "posts": [by_key[p.key] for p in section.posts]}
             for section in selection.sections
         ],
+        "fit_images": fit_images,
     }
 
 
@@ -300,13 +302,18 @@ def render_digest(
     document = _seal(inline_css(_render(env, html_name, context)), nonce, html_name)
     text = _seal(_render(env, text_name, context), nonce, text_name)
     subject = _seal(render_subject(newsletter.subject, context, subject_name), nonce, subject_name)
-    checks = check_html(document, where=f"{newsletter.template}.html.j2")
+    checks = check_html(document, where=f"{newsletter.template}.html.j2",
+                        image_sizes={post.image: image_sizes[post.key] for post in selection.posts
+                                     if post.image and post.key in image_sizes})
     return Digest(newsletter.id, issue, selection, subject, document, text, tuple(checks))
 
 
-def check_html(document: str, where: str) -> list[Problem]:
+def check_html(document: str, where: str,
+               image_sizes: dict[str, tuple[int, int]] | None = None) -> list[Problem]:
     """What would make the digest look wrong in a mail client: Gmail's clipping, oversized styles, images
-    that cannot load or have no alternative text."""
+    that cannot load, have no alternative text, would push Outlook's fixed column wider or look soft on
+    high-density screens, and tables too wide for the column. `image_sizes` maps image URLs to their files'
+    pixel sizes, where known."""
     problems = []
     size = len(document.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
@@ -320,9 +327,107 @@ def check_html(document: str, where: str) -> list[Problem]:
         src = image.get("src") or ""
         if not re.match(r"^https?://", src):
             problems.append(Problem(where, f"image {src!r} has no absolute URL; set [site] url"))
-        if not (image.get("alt") or "").strip():
+        if image.get("alt") is None:  # alt="" is right for a decorative image
             problems.append(Problem(where, f"image {src!r} has no alt text"))
+        problems += [Problem(where, message) for message in _image_width_problems(image, src, image_sizes or {})]
+    for table in tree.iter("table"):
+        if table.get("role") != "presentation":
+            problems += [Problem(where, message) for message in _table_width_problems(table)]
     return problems
+
+
+#: The width every desktop client, and Outlook's fixed table, gives the digest.
+MESSAGE_WIDTH = 600
+#: A rough width of one character of body text, to tell a table that can be wrapped into the column from one
+#: that cannot.
+CHARACTER_PIXELS = 8
+_PIXELS = re.compile(r"^\s*(\d+)(?:px)?\s*$")
+_PADDING = re.compile(r"(?:^|;)\s*padding(-left|-right)?\s*:\s*([^;]+)", re.IGNORECASE)
+
+
+def _pixels(value: str | None) -> int | None:
+    match = _PIXELS.match(value or "")
+    return int(match.group(1)) if match else None
+
+
+def _horizontal_padding(style: str) -> int:
+    """Left plus right padding of an inline style, from `padding` (1 to 4 values) or `padding-left/right`."""
+    sides = {"left": 0, "right": 0}
+    for side, value in _PADDING.findall(style or ""):
+        values = [_pixels(v) or 0 for v in value.split()]
+        if side:
+            sides[side[1:]] = values[0] if values else 0
+        elif values:
+            right = values[1] if len(values) > 1 else values[0]
+            sides.update(right=right, left=values[3] if len(values) > 3 else right)
+    return sides["left"] + sides["right"]
+
+
+def _room(element: Any) -> int:
+    """The pixels an element has in a 600-pixel message once its ancestors' paddings are taken off."""
+    return MESSAGE_WIDTH - sum(_horizontal_padding(a.get("style") or "") for a in element.iterancestors())
+
+
+def _story(element: Any) -> str:
+    """ in "<title>" for an element inside a story card, so that a warning names the post to fix."""
+    for ancestor in element.iterancestors():
+        if "card" in (ancestor.get("class") or "").split():
+            heading = ancestor.find_class("card-title")
+            return f" in \u201c{heading[0].text_content().strip()}\u201d" if heading else ""
+    return ""
+
+
+def _image_width_problems(image: Any, src: str, sizes: dict[str, tuple[int, int]]) -> list[str]:
+    width, room = _pixels(image.get("width")), _room(image)
+    if width is None:
+        return [f"image {src!r}{_story(image)} has no width attribute: Outlook shows it at its file's own "
+                f"size, which can be wider than the {room}-pixel column; give it width=\"{room}\" or less"]
+    if width > room:
+        return [f"image {src!r}{_story(image)} is {width} pixels wide: Outlook does not shrink it, so it "
+                f"overflows the {room}-pixel column; give it width=\"{room}\" or less"]
+    natural = (sizes.get(src) or (0, 0))[0]
+    if natural and natural < 2 * width:
+        return [f"image {src!r}{_story(image)} is {natural} pixels wide and shown {width} wide: soft on "
+                f"high-density screens; use a file at least {2 * width} pixels wide"]
+    return []
+
+
+def _table_width_problems(table: Any) -> list[str]:
+    """A table whose rows cannot be wrapped into the column, even one word to a line, overflows it."""
+    room = _room(table)
+    narrowest = 0
+    for row in table.iter("tr"):
+        cells = [c for c in row if c.tag in ("td", "th")]
+        words = [max((len(w) for w in c.text_content().split()), default=0) for c in cells]
+        narrowest = max(narrowest, sum(CHARACTER_PIXELS * n + 8 for n in words))
+    if narrowest <= room:
+        return []
+    return [f"a table{_story(table)} needs about {narrowest} pixels even with every word on a line of its own, "
+            f"more than the {room}-pixel column: Outlook widens the email for it and phones squeeze it; "
+            "shorten it, or leave it out of the excerpt and link to it"]
+
+
+def fit_images(fragment: str, column: int) -> Markup:
+    """An excerpt's HTML with every image given a width attribute no wider than `column` (its height kept in
+    proportion), and tables the column's width: Outlook for Windows ignores max-width and shows an image at
+    its width attribute, or at its file's size when it has none. An image whose width is not known is shown
+    at the column's width."""
+    if "<img" not in fragment and "<table" not in fragment:
+        return Markup(fragment)
+    root = lxml_html.fragment_fromstring(fragment, create_parent="div")
+    for image in root.iter("img"):
+        width, height = _pixels(image.get("width")), _pixels(image.get("height"))
+        if width is not None and width <= column:
+            continue
+        if width and height:
+            image.set("height", str(max(1, round(height * column / width))))
+        else:
+            image.attrib.pop("height", None)
+        image.set("width", str(column))
+    for table in root.iter("table"):
+        table.set("width", "100%")
+    inner = html.escape(root.text or "", quote=False)
+    return Markup(inner + "".join(lxml_html.tostring(child, encoding="unicode") for child in root))
 
 
 def _header_safe(value: str) -> str:

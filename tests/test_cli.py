@@ -97,7 +97,7 @@ def test_preview_writes_every_newsletter_and_reports_them(run, tmp_path):
         "5 January 2026\n"
         f"lab: wrote {tmp_path}/lab.html\n"
         "weekly: issue 1, 10 post(s), sections: Culture (2), Science (3), Technology (3), Travel (2); subject: "
-        "Harbourlight Weekly: Measuring sea level by hand and more\n"
+        "Harbourlight Weekly: Measuring sea level by hand and 9 more\n"
         f"weekly: wrote {tmp_path}/weekly.html\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.html", "weekly.html"]
@@ -106,7 +106,7 @@ def test_preview_writes_every_newsletter_and_reports_them(run, tmp_path):
 def test_preview_formats_and_categories(run, tmp_path):
     text = run("--now", NOW, "preview", "lab", "--categories", "Science", "--format", "text", "--out", "-")
     assert text.exit_code == 0
-    assert text.stdout.startswith("Harbourlight Lab Notes\nIssue 1, 5 January 2026\n\n== Science ==\n")
+    assert text.stdout.startswith("Harbourlight Lab Notes\nIssue 1, 5 January 2026\n\n\n== Top story ==\n")
     assert "== Technology ==" not in text.stdout
     eml = run("--now", NOW, "preview", "lab", "--as", "ed@example.org", "--format", "eml",
               "--out", str(tmp_path / "x.eml"))

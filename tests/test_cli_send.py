@@ -158,7 +158,7 @@ def test_preview_as_a_stored_subscriber_shows_their_copy_and_what_the_next_issue
     assert result.exit_code == 0
     assert result.stderr.startswith("weekly: issue 1, 4 post(s), sections: Culture (2), Travel (2); subject: ")
     text = out.read_text()
-    assert "Unsubscribe: https://harbourlight.example.org/unsubscribe/2.weekly." in text
+    assert "Unsubscribe:\nhttps://harbourlight.example.org/unsubscribe/2.weekly." in text
     run("--now", "2026-01-02T07:00:00+00:00", "send", "weekly")
     after = run("--now", NOW, "preview", "weekly", "--out", str(tmp_path))
     assert after.stderr.startswith("weekly: issue 2, 6 post(s), sections: Culture (1), Science (2), "
@@ -169,7 +169,8 @@ def test_send_refuses_a_subject_it_cannot_render_before_planning_anything(run, t
     run("subscribers", "import", "subscribers/sample.csv")
     config = tmp_path / "newsletter.toml"
     config.write_text(config.read_text().replace(
-        "subject = \"{{ newsletter.title }}: {{ posts[0].title if posts else 'no new posts' }} and more\"",
+        "subject = \"{{ newsletter.title }}: {{ posts[0].title if posts else 'no new posts' }}{% if posts|length > 1 %}"
+        " and {{ posts|length - 1 }} more{% endif %}\"",
         "subject = \"{{ newsletter.title \""))
     result = run("--now", NOW, "send", "weekly")
     assert result.exit_code == 2

@@ -95,8 +95,9 @@ def test_any_subject_name_and_body_round_trip_through_a_standard_parser(subject,
     raw = template.render(Recipient("r@example.org", name, url), "<id.1@example.org>")
     head = raw.split(b"\r\n\r\n", 1)[0]
     names = [line.split(b":", 1)[0] for line in head.split(b"\r\n") if line and not line[:1].isspace()]
-    assert names == [b"Subject", b"From", b"To", b"Date", b"List-Id", b"Message-ID", b"List-Unsubscribe",
-                     b"List-Unsubscribe-Post", b"MIME-Version", b"Content-Type"]
+    assert names == [b"Subject", b"From", b"To", b"Date", b"List-Id", b"Precedence", b"X-Auto-Response-Suppress",
+                     b"Feedback-ID", b"Message-ID", b"List-Unsubscribe", b"List-Unsubscribe-Post", b"MIME-Version",
+                     b"Content-Type"]
     assert b"\n" not in raw.replace(b"\r\n", b"") and max(len(line) for line in raw.split(b"\r\n")) <= 998
     msg = parse(raw)
     assert msg.defects == []

@@ -30,19 +30,19 @@ def parse(document: str):
 
 def test_the_sample_weekly_has_a_card_per_post_in_sections(weekly):
     tree = parse(personalise(weekly, Recipient("a@example.org")).html)
-    assert [h.text_content() for h in tree.find_class("section-title")] == ["Culture", "Science", "Technology",
-                                                                             "Travel"]
-    titles = [a.text_content() for a in tree.xpath("//h2[@class='card-title']/a")]
-    assert titles == ["The Saturday market returns", "New Year's Eve fireworks move to the beach",
-                      "Measuring sea level by hand", "Why the sea glows in January", "The library lends telescopes",
-                      "A sensor for every mooring", "A year of harbour data", "Mesh radio for the fishing fleet",
-                      "An island day trip in winter", "The ferry timetable for 2026"]
-    first = tree.xpath("//h2[@class='card-title']/a")[0]
-    assert first.get("href") == "https://harbourlight.example.org/culture/2026/01/03/the-market-returns/"
+    assert [h.text_content() for h in tree.xpath("//h2[@class='section-title']")] == [
+        "Top story", "Culture", "Science", "Technology", "Travel"]
+    titles = [a.text_content() for a in tree.xpath("//h3[@class='card-title']/a")]
+    assert titles == ["Measuring sea level by hand", "The Saturday market returns",
+                      "New Year's Eve fireworks move to the beach", "Why the sea glows in January",
+                      "The library lends telescopes", "A sensor for every mooring", "A year of harbour data",
+                      "Mesh radio for the fishing fleet", "An island day trip in winter", "The ferry timetable for 2026"]
+    first = tree.xpath("//h3[@class='card-title']/a")[0]
+    assert first.get("href") == "https://harbourlight.example.org/science/2026/01/04/measuring-sea-level-by-hand/"
     assert tree.find_class("masthead")[0].text_content() == "Harbourlight Weekly"
     assert tree.find_class("issue-date")[0].text_content() == "Issue 1 · 5 January 2026"
     meta = tree.find_class("meta")[0].text_content()
-    assert meta == "Imogen Hart · 3 January 2026"
+    assert meta == "Tobias Wren · 4 January 2026"
 
 
 def test_images_have_absolute_urls_layout_width_height_from_the_file_and_alt(weekly):
@@ -50,19 +50,20 @@ def test_images_have_absolute_urls_layout_width_height_from_the_file_and_alt(wee
     image = tree.find_class("card-image")[0]
     assert image.get("src") == ("https://harbourlight.example.org/assets/images/"
                                 "c1c16452b04650ea34d1463da2739f3b.jpg")
-    # the file is 640x360; at the layout's 552 pixels that is 310.5, rounded half to even
-    assert (image.get("width"), image.get("height"), image.get("alt")) == ("552", "310",
-                                                                           "The Saturday market returns")
+    # the file is 1280x720; at the layout's 552 pixels that is 310.5, rounded half to even. The title follows
+    # the image, so without an image_alt in the front matter the image is decorative: empty alt.
+    assert (image.get("width"), image.get("height"), image.get("alt")) == ("552", "310", "")
     assert len(tree.find_class("card-image")) == 7
 
 
 def test_css_is_inlined_with_media_query_and_important_kept(weekly):
     tree = parse(weekly.html)
     container = tree.find_class("container")[0]
-    assert "width:600px" in container.get("style").replace(" ", "")
+    assert "max-width:600px" in container.get("style").replace(" ", "")
     styles = [s.text for s in tree.iter("style")]
-    assert len(styles) == 1 and "@media only screen and (max-width: 620px)" in styles[0]
-    assert "width: 100% !important" in styles[0]
+    assert len(styles) == 2 and "@media only screen and (max-width: 620px)" in styles[0]
+    assert "padding-left: 16px !important" in styles[0]
+    assert "a[x-apple-data-detectors]" in styles[1]
     assert "display:none !important" in tree.find_class("preheader")[0].get("style")
 
 
@@ -102,7 +103,7 @@ def test_titles_are_escaped_in_html_and_raw_in_text(sample_config):
     plan = plan_issue(config, config.newsletter("n"), posts, FIXED_NOW, since=posts[0].date.replace(year=2000))
     digest = render_plan(config, plan)
     assert "Re: Hello &amp; &lt;World&gt;" in digest.html
-    assert parse(digest.html).xpath("//h2/a")[0].text_content() == "Re: Hello & <World>"
+    assert parse(digest.html).xpath("//h3/a")[0].text_content() == "Re: Hello & <World>"
     assert "\nRe: Hello & <World>\n" in digest.text
 
 
@@ -118,7 +119,7 @@ def test_personal_fields_are_escaped_for_their_context(weekly):
                      "View in your browser": "https://harbourlight.example.org/archive/weekly/2026-01-05/"}
     assert "<script>" not in personal.html
     assert "at o'brien@example.org because" in tree.find_class("footer")[0].text_content()
-    assert "Unsubscribe: https://n.example.org/unsubscribe/a\"b<c>\n" in personal.text
+    assert "Unsubscribe:\nhttps://n.example.org/unsubscribe/a\"b<c>\n" in personal.text
     assert "XNLFIELD" not in personal.html + personal.text + personal.subject
 
 
@@ -137,9 +138,10 @@ def test_inlining_runs_once_per_digest_not_per_recipient(sample_config, sample_p
 def test_plain_text_comes_from_the_posts(weekly):
     text = personalise(weekly, sample_recipient_for_tests()).text
     assert "<" not in text.replace("<World>", "")
-    assert "== Science ==\n\nMeasuring sea level by hand\nTobias Wren, 4 January 2026\n\n" in text
-    assert "Read more: https://harbourlight.example.org/science/2026/01/04/measuring-sea-level-by-hand/\n" in text
-    assert text.endswith("Unsubscribe: https://harbourlight.example.org/unsubscribe/preview\n")
+    assert ("== Top story ==\n\nMeasuring sea level by hand\n---------------------------\nTobias Wren, 4 January 2026\n\n"
+            in text)
+    assert "Read more:\nhttps://harbourlight.example.org/science/2026/01/04/measuring-sea-level-by-hand/\n" in text
+    assert text.endswith("Unsubscribe:\nhttps://harbourlight.example.org/unsubscribe/preview\n")
 
 
 def sample_recipient_for_tests():
@@ -152,14 +154,14 @@ def sample_recipient_for_tests():
 
 def test_checks_report_clipping_style_size_and_images():
     big = "<html><head><style>" + "p{color:red}" * 1500 + "</style></head><body>" + "x" * 110_000 + (
-        '<img src="/relative.png" alt="ok"><img src="https://x.org/a.png"></body></html>')
+        '<img src="/relative.png" alt="ok" width="100"><img src="https://x.org/a.png" width="100"></body></html>')
     assert [p.message for p in check_html(big, "t.html.j2")] == [
         "the HTML is 125 KB; Gmail clips messages over 102 KB (lower max_posts or shorten excerpts)",
         "the <style> block is 18 KB; Gmail drops it over 16 KB",
         "image '/relative.png' has no absolute URL; set [site] url",
         "image 'https://x.org/a.png' has no alt text",
     ]
-    assert check_html("<html><body><img src='https://x.org/a.png' alt='A'></body></html>", "t") == []
+    assert check_html("<html><body><img src='https://x.org/a.png' alt='A' width='600'></body></html>", "t") == []
 
 
 def test_the_sample_digest_passes_its_checks(weekly):
@@ -207,7 +209,7 @@ def test_a_marker_in_a_title_never_becomes_the_subscribers_address(sample_config
     personal = personalise(digest_of_posts(config, newsletter, [posts["title-with-email-marker"]]), READER)
     title = "Write to X\u2060NLFIELDemailXNLEND today"
     assert personal.subject == title
-    assert [a.text_content() for a in parse(personal.html).xpath("//h2/a")] == [title]
+    assert [a.text_content() for a in parse(personal.html).xpath("//h3/a")] == [title]
     assert f"\n{title}\n" in personal.text
     assert personal.html.count("reader@example.org") == personal.text.count("reader@example.org") == 1  # footers
 
@@ -226,7 +228,7 @@ def test_an_unknown_marker_and_sendgrid_tags_in_content_stay_visible(sample_conf
     config, newsletter, posts = marker_site(sample_config)
     digest = digest_of_posts(config, newsletter, [posts["unknown-marker"], posts["sendgrid-tag"]])
     personal = personalise(digest, READER)
-    titles = [a.text_content() for a in parse(personal.html).xpath("//h2/a")]
+    titles = [a.text_content() for a in parse(personal.html).xpath("//h3/a")]
     assert titles == ["Hello %\u2060nl_html_email% and %\u2060NL_text_name%", "An X\u2060NLFIELDfooXNLEND marker"]
     assert "SendGrid fills in %\u2060nl_html_unsubscribe_url% wherever it is." in personal.text
 

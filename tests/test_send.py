@@ -168,7 +168,7 @@ def test_the_frozen_content_is_what_a_resumed_send_sends(env, tmp_path):
     Sender(env.store, env.config, env.config.newsletter("weekly"), make_provider(env.config)).run(record, env.now)
     stored = ledger.get_issue(env.store, record.id)
     assert [p.title for p in stored.posts][:2] == ["Measuring sea level by hand", "An island day trip in winter"]
-    assert stored.image_sizes["_posts/2026-01-04-an-island-day-trip.md#an-island-day-trip"] == (640, 360)
+    assert stored.image_sizes["_posts/2026-01-04-an-island-day-trip.md#an-island-day-trip"] == (1280, 720)
 
 
 def test_sends_that_reach_people_warn_while_links_still_point_at_the_blog(env):

@@ -12,6 +12,7 @@ from datetime import datetime
 from email.utils import make_msgid
 from functools import cached_property
 
+from ..config import DkimConfig
 from ..errors import NewsletterError
 from ..message import MessageTemplate, domain_of
 from ..render import Digest, Recipient
@@ -90,6 +91,10 @@ class Batch:
     sender: str
     reply_to: str | None
     date: datetime
+    #: [delivery.dkim]: when set, every message from `message_bytes` is DKIM-signed
+    dkim: DkimConfig | None = None
+    #: [web] unsubscribe_mailto: a mailto: target for List-Unsubscribe besides the HTTPS link
+    unsubscribe_mailto: str | None = None
 
     def message_id(self, envelope: Envelope) -> str:
         return make_msgid(idstring=f"{self.label}.{envelope.delivery_id}", domain=domain_of(self.sender))
@@ -97,12 +102,18 @@ class Batch:
     def message_bytes(self, envelope: Envelope) -> tuple[str, bytes]:
         """The exact bytes of one recipient's message, and its Message-ID."""
         message_id = self.message_id(envelope)
-        return message_id, self.template.render(envelope.recipient, message_id)
+        data = self.template.render(envelope.recipient, message_id)
+        if self.dkim is not None:
+            from ..dkim import sign  # imported only when signing: cryptography is slow to load
+
+            data = sign(data, self.dkim)
+        return message_id, data
 
     @cached_property
     def template(self) -> MessageTemplate:
         return MessageTemplate(self.digest, sender=self.sender, reply_to=self.reply_to,
-                               list_id=(self.newsletter_title, self.newsletter_id), date=self.date)
+                               list_id=(self.newsletter_title, self.newsletter_id), date=self.date,
+                               unsubscribe_mailto=self.unsubscribe_mailto)
 
     def split(self) -> tuple[Batch, Batch]:
         half = len(self.envelopes) // 2

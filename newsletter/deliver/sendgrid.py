@@ -2,7 +2,8 @@
 
 The HTML and text of a variant go once per request; each subscriber is one personalization carrying their
 address, substitutions for their personal fields (escaped for HTML, text and the Subject separately), their
-List-Unsubscribe headers, and custom_args naming the issue and delivery. How answers are classified:
+List-Unsubscribe headers, and custom_args naming the issue and delivery. The headers every copy shares
+(List-Id, Precedence, X-Auto-Response-Suppress, Feedback-ID) go once, as in the other providers' messages. How answers are classified:
 - 202 (or 200 in sandbox mode): sent; X-Message-Id is kept.
 - 429: SendGrid saying "slow down": waited out as its headers say, not counted as a failed attempt; and when
   an answer says the quota is spent (X-RateLimit-Remaining: 0), the next request waits for X-RateLimit-Reset,
@@ -30,7 +31,16 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from ..config import SendgridConfig
-from ..message import AddressError, address, domain_of, header_text, mailbox
+from ..message import (
+    AddressError,
+    address,
+    domain_of,
+    feedback_id,
+    header_text,
+    mailbox,
+    unsubscribe_mailto_uri,
+    unsubscribe_values,
+)
 from ..render import PERSONAL_FIELDS, marker
 from .base import Batch, Outcome, Provider, RateLimited, RetryBatch, SplitBatch, StopSend
 
@@ -88,6 +98,8 @@ class SendgridProvider(Provider):
                 text = text.replace(marker(field), _tag(context, field))
             return text
 
+        mailto = unsubscribe_mailto_uri(batch.unsubscribe_mailto, batch.newsletter_id)
+        domain = domain_of(batch.sender)
         personalizations = []
         for envelope in batch.envelopes:
             recipient = envelope.recipient
@@ -102,11 +114,8 @@ class SendgridProvider(Provider):
             if used:
                 personalization["substitutions"] = {
                     _tag(context, f): escape(values[f]) for context, escape in _ESCAPES.items() for f in used}
-            if recipient.unsubscribe_url:
-                personalization["headers"] = {
-                    "List-Unsubscribe": f"<{header_text(recipient.unsubscribe_url)}>",
-                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-                }
+            if unsubscribe := unsubscribe_values(recipient.unsubscribe_url, mailto):
+                personalization["headers"] = unsubscribe
             personalizations.append(personalization)
         body = {
             "personalizations": personalizations,
@@ -115,8 +124,9 @@ class SendgridProvider(Provider):
             "content": [{"type": "text/plain", "value": tagged(digest.text, "text")},
                         {"type": "text/html", "value": tagged(digest.html, "html")}],
             "categories": [batch.newsletter_id],
-            "headers": {"List-Id": f"{header_text(batch.newsletter_title)} <{batch.newsletter_id}."
-                                   f"{domain_of(batch.sender)}>"},
+            "headers": {"List-Id": f"{header_text(batch.newsletter_title)} <{batch.newsletter_id}.{domain}>",
+                        "Precedence": "bulk", "X-Auto-Response-Suppress": "OOF, AutoReply",
+                        "Feedback-ID": feedback_id(batch.newsletter_id, digest.issue.number, domain)},
         }
         if batch.reply_to:
             body["reply_to"] = _address(batch.reply_to)
