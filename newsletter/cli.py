@@ -279,6 +279,7 @@ def check(state: State) -> None:
         raise ConfigError(problems)
     click.echo(f"{config.where}: {len(config.newsletters)} newsletter(s), {len(found)} post(s) in "
                f"{config.site.source}, {len(state.warnings)} warning(s)")
+    from .dkim import dns_advice
     from .schedule import next_fires
 
     for newsletter in config.newsletters.values():
@@ -288,6 +289,8 @@ def check(state: State) -> None:
         fire = next_fires(newsletter, now, 1)
         when = f"{fire[0].isoformat()} ({fire[0].astimezone(timezone.utc).isoformat()})" if fire else "never"
         click.echo(f"{newsletter.id}: {'; '.join(newsletter.schedule)} in {newsletter.timezone.key}, next fire {when}")
+    for line in dns_advice(config):  # what to publish in DNS for the From domain
+        click.echo(line)
 
 
 def main() -> None:

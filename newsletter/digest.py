@@ -146,7 +146,8 @@ def compose(config: Config, digest: Digest, recipient: Recipient, now: datetime)
     """The complete message for one recipient of a rendered digest, as it would go on the wire."""
     newsletter = config.newsletter(digest.newsletter_id)
     template = MessageTemplate(digest, sender=config.delivery.from_addr, reply_to=config.delivery.reply_to,
-                               list_id=(newsletter.title, newsletter.id), date=now)
+                               list_id=(newsletter.title, newsletter.id), date=now,
+                               unsubscribe_mailto=config.unsubscribe_mailto)
     return template.render(recipient, make_msgid(domain=domain_of(config.delivery.from_addr)))
 
 

@@ -146,7 +146,14 @@ def test_check_summarises(run):
     assert result.stdout == (f"newsletter.toml: 2 newsletter(s), 14 post(s) in {ROOT / 'site'}, 0 warning(s)\n"
                              "weekly: 0 8 * * mon in Europe/London, next fire 2026-01-05T08:00:00+00:00 "
                              "(2026-01-05T08:00:00+00:00)\n"
-                             "lab: no schedule (sent by hand or one-off)\n")
+                             "lab: no schedule (sent by hand or one-off)\n"
+                             'DKIM: not configured; set [delivery.dkim] domain = "harbourlight.example.org", selector '
+                             "and key_file to sign what the outbox and SMTP send\n"
+                             'harbourlight.example.org. TXT "v=spf1 mx ~all"  (SPF: list every server that sends as '
+                             "harbourlight.example.org, in one record; change ~all to -all once nothing else does)\n"
+                             '_dmarc.harbourlight.example.org. TXT "v=DMARC1; p=none; '
+                             'rua=mailto:dmarc-reports@harbourlight.example.org; adkim=r; aspf=r"  (DMARC: start at '
+                             "p=none, read the reports, then move to p=quarantine and p=reject)\n")
 
 
 def test_python_dash_m_runs_the_same_command_line():

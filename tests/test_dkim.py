@@ -164,3 +164,26 @@ def test_body_canonicalisation_is_dkimpys_relaxed(pieces):
 
     body = b"".join(pieces)
     assert _relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+def test_a_send_through_the_outbox_signs_every_copy(env):
+    """The send loop hands its batches the DKIM configuration: each .eml written verifies."""
+    import io
+
+    from newsletter.deliver import make_provider
+    from newsletter.deliver.run import Sender
+    from newsletter.plan import plan_or_resume
+    from newsletter.subscribers import import_csv
+
+    import_csv(env.store, env.config, io.StringIO("email,newsletters\na@example.org,weekly\nb@example.org,weekly\n"),
+               "t.csv", env.now)
+    config = dataclasses.replace(env.config, delivery=dataclasses.replace(env.config.delivery, dkim=CONFIG))
+    newsletter = config.newsletter("weekly")
+    record, _ = plan_or_resume(env.store, config, newsletter, env.posts, env.now)
+    report = Sender(env.store, config, newsletter, make_provider(config)).run(record, env.now)
+    assert dict(report.counts) == {"sent": 2}
+    written = sorted((env.tmp / "outbox").rglob("*.eml"))
+    assert len(written) == 2
+    for path in written:
+        message = path.read_bytes()
+        assert message.startswith(b"DKIM-Signature: ") and verifies(message)

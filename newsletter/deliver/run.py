@@ -59,6 +59,14 @@ class SendReport:
         return EXIT_UNKNOWN if self.counts.get("unknown") else 0
 
 
+def make_batch(config: Config, newsletter: NewsletterConfig, issue_id: int, label: str, digest: Digest,
+               envelopes: tuple[Envelope, ...], now: datetime) -> Batch:
+    """A batch with what every message of the configuration shares: From, Reply-To, DKIM, the mailto target."""
+    delivery = config.delivery
+    return Batch(issue_id, label, newsletter.id, newsletter.title, digest, envelopes, delivery.from_addr,
+                 delivery.reply_to, now, delivery.dkim, config.unsubscribe_mailto)
+
+
 class SendStopped(NewsletterError):
     """The send was asked to stop (SIGTERM, Ctrl-C, a daemon shutting down); what was not sent stays pending."""
 
@@ -209,9 +217,8 @@ class Sender:
 
     def _batch(self, record: ledger.IssueRecord, digest: Digest, envelopes: list[Envelope],
                now: datetime) -> Batch:
-        delivery = self.config.delivery
-        return Batch(record.id, f"{self.newsletter.id}-{record.period}", self.newsletter.id, self.newsletter.title,
-                     digest, tuple(envelopes), delivery.from_addr, delivery.reply_to, now)
+        return make_batch(self.config, self.newsletter, record.id, f"{self.newsletter.id}-{record.period}", digest,
+                          tuple(envelopes), now)
 
     def _still_wanted(self, batch: Batch) -> Batch | None:
         """The batch less anyone who left since it was claimed (recorded as skipped); None when nobody is left."""
@@ -348,9 +355,8 @@ def send_test_copy(store: Store, config: Config, newsletter: NewsletterConfig, p
         report.skipped_issue = True
         return report
     unsubscribe, preferences = Tokens(store.secret()).urls(config.web_base_url, TEST_SUBSCRIBER, newsletter.id)
-    batch = Batch(0, f"{newsletter.id}-{record.period}-test", newsletter.id, newsletter.title, digest,
-                  (Envelope(0, Recipient(address, "", unsubscribe, preferences)),), config.delivery.from_addr,
-                  config.delivery.reply_to, now)
+    batch = make_batch(config, newsletter, 0, f"{newsletter.id}-{record.period}-test", digest,
+                       (Envelope(0, Recipient(address, "", unsubscribe, preferences)),), now)
     with provider:
         outcome = provider.send(batch)[0]
     report.counts[outcome.status] += 1
