@@ -289,10 +289,16 @@ def _jekyll_config(source: Path, check: _Collector) -> dict[str, Any] | None:
     config_file = source / "_config.yml"
     if not config_file.is_file():
         return None
+    from .posts import PostError, _load_yaml  # the reader's bounded loader (posts.py imports this module)
+
     try:
-        data = yaml.load(config_file.read_text(encoding="utf-8-sig"), Loader=yaml.CSafeLoader) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        data = _load_yaml(config_file.read_text(encoding="utf-8-sig")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
         check.error("site.source", f"{config_file} cannot be read: {err}")
+        return {}
+    except PostError as err:  # an impossible date, an alias that expands without end
+        where = f" (line {err.line - 1})" if err.line else ""  # the reader counts the front matter's opening ---
+        check.error("site.source", f"{config_file}{where} cannot be used: {err}")
         return {}
     if not isinstance(data, dict):
         check.error("site.source", f"{config_file} is not a YAML mapping")

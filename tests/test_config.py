@@ -126,3 +126,19 @@ def test_the_sample_config_is_clean():
     assert config.warnings == []
     assert sorted(config.newsletters) == ["lab", "weekly"]
     assert config.site.timezone.key == "Europe/London"
+
+
+def test_a_hostile_jekyll_config_is_a_config_error_not_a_traceback(tmp_path):
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_config.yml").write_text("title: x\nbuilt: 2025-02-30\n")
+    with pytest.raises(ConfigError) as impossible:
+        load_config(None, source_override=tmp_path)
+    assert [str(p) for p in impossible.value.problems] == [
+        f"newsletter.toml: site.source: {tmp_path / '_config.yml'} (line 2) cannot be used: invalid date "
+        "'2025-02-30' in front matter: day is out of range for month"]
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcde", "bcdef"))
+    (tmp_path / "_config.yml").write_text(laughs)
+    with pytest.raises(ConfigError) as expanding:
+        load_config(None, source_override=tmp_path)
+    assert "aliases expand it to more than 10,000 values" in str(expanding.value.problems[0])
