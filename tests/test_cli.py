@@ -37,7 +37,7 @@ def all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 
 def test_every_command_has_help(run):
     names = [" ".join(path) for path, _ in all_commands(cli)]
-    assert names == ["check", "posts", "preview", "send", "status", "subscribers", "subscribers add",
+    assert names == ["archive", "check", "posts", "preview", "send", "serve", "status", "subscribers", "subscribers add",
                      "subscribers export", "subscribers import", "subscribers list", "subscribers remove",
                      "subscribers show"]
     for path, command in all_commands(cli):

@@ -95,8 +95,8 @@ def test_header_problems_are_reported_before_any_row(env):
     with pytest.raises(ImportRejected) as caught:
         load(env, "mail,nom\nx@example.org,X\n")
     assert [(p.line, p.message) for p in caught.value.problems] == [
-        (1, "unknown column 'mail' (columns: email, name, newsletters, categories, status)"),
-        (1, "unknown column 'nom' (columns: email, name, newsletters, categories, status)"),
+        (1, "unknown column 'mail' (columns: email, name, newsletters, categories, status, signed_up_at, signup_ip)"),
+        (1, "unknown column 'nom' (columns: email, name, newsletters, categories, status, signed_up_at, signup_ip)"),
         (1, "no email column; the first row must name the columns"),
     ]
 
@@ -112,9 +112,9 @@ def test_export_then_import_into_an_empty_store_gives_the_same_subscribers(env, 
     export_csv(fresh.store, again)
     assert again.getvalue() == out.getvalue()
     assert out.getvalue().splitlines()[:3] == [
-        "email,name,newsletters,categories,status",
-        "ana.souza@example.org,Ana Souza,lab;weekly,,active",
-        "ben.okafor@example.org,Ben Okafor,weekly,weekly:Culture;weekly:Travel,active",
+        "email,name,newsletters,categories,status,signed_up_at,signup_ip",
+        "ana.souza@example.org,Ana Souza,lab;weekly,,active,,",
+        "ben.okafor@example.org,Ben Okafor,weekly,weekly:Culture;weekly:Travel,active,,",
     ]
 
 
