@@ -189,6 +189,10 @@ def status(state: State, issue_id: int | None, as_json: bool) -> None:
             tally = ", ".join(f"{s} {n}" for s, n in sorted(issue["counts"].items())) or "no deliveries"
             click.echo(f"{issue['id']}\t{issue['newsletter']}\t{issue['period']}\t#{issue['number']}\t"
                        f"{issue['status']}\t{tally}")
+        from .cli_web import status_lines
+
+        for line in status_lines(store, state.config(), state.now(state.config())):
+            click.echo(line)
         return
     found = next((i for i in issues if i["id"] == issue_id), None)
     if found is None:

@@ -65,3 +65,37 @@ def archive_command(state: State, newsletter_id: str | None, out: Path) -> None:
     for path in report.written:
         click.echo(f"wrote {path}")
     click.echo(f"{out}: {len(report.written)} file(s) written, {report.unchanged} unchanged", err=True)
+
+
+def status_lines(store, config, now) -> list[str]:
+    """For `newsletter status`: sign-ups awaiting confirmation and the latest unsubscribes, with when."""
+    from . import preferences, signup
+
+    waiting = signup.pending(store, config, now)
+    total, latest = preferences.recent_departures(store)
+    if not waiting and not total:
+        return []  # nothing from the web yet: `status` stays as it was
+    lines = [f"sign-ups awaiting confirmation: {len(waiting)}"]
+    lines += [f"  {s.email}\tsigned up {s.created_at.isoformat(timespec='seconds')} from {s.ip or 'unknown IP'}\t"
+              f"{', '.join(s.newsletters)}" for s in waiting[-10:]]
+    lines.append(f"unsubscribes on record: {total}" + (" (latest first)" if latest else ""))
+    lines += [f"  {email}\tleft {d.newsletter} {d.at.isoformat(timespec='seconds')} ({d.how})"
+              + (f", rejoined {d.rejoined_at.isoformat(timespec='seconds')}" if d.rejoined_at else "")
+              for email, d in latest]
+    return lines
+
+
+def subscriber_record(store, address: str) -> dict:
+    """For `subscribers show`: the address's unsubscribes and sign-ups (with the consent evidence)."""
+    from . import preferences, signup
+    from .subscribers import find
+
+    found = find(store, address)
+    left = preferences.departures(store, found.id) if found else []
+    return {
+        "unsubscribes": [{"newsletter": d.newsletter, "at": d.at.isoformat(), "how": d.how,
+                          "rejoined_at": d.rejoined_at.isoformat() if d.rejoined_at else None} for d in left],
+        "signups": [{"newsletters": list(s.newsletters), "at": s.created_at.isoformat(), "ip": s.ip,
+                     "confirmed_at": s.confirmed_at.isoformat() if s.confirmed_at else None}
+                    for s in signup.of_address(store, address)],
+    }

@@ -216,7 +216,7 @@ def _import_chunk(conn, rows: list[Row], now: datetime, source: str, resubscribe
         if before is not None and before.status != "active" and row.status == "active" and not resubscribe:
             report.kept_unsubscribed.append(row.email)
             continue
-        changed = before is not None and (before.status != row.status or (row.name and row.name != before.name))
+        changed = before is not None and (before.status != row.status or bool(row.name and row.name != before.name))
         if changed:
             conn.execute(subscribers.update().where(subscribers.c.id == before.id).values(
                 status=row.status, name=row.name or before.name, updated_at=now))

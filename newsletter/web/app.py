@@ -30,6 +30,7 @@ from .security import (
     CSRF_COOKIE,
     CSRF_FIELD,
     ISSUE_CSP,
+    BodyLimit,
     Csrf,
     PathPrefix,
     SecurityHeaders,
@@ -457,10 +458,10 @@ def create_app(config: Config, *, store: Store | None = None, clock: Callable[[]
     from ..deliver import make_provider
 
     store = store or open_store(config.database_url)
-    app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error},
-                    max_body_size=config.web.max_body)
+    app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error})
     app.state.web = Web(config, store, clock or (lambda: datetime.now(timezone.utc)),
                         provider_factory or (lambda: make_provider(config)))
+    app.add_middleware(BodyLimit, max_body=config.web.max_body)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(PathPrefix, prefix=app.state.web.prefix)  # added last: runs first
     return app

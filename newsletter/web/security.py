@@ -21,7 +21,8 @@ import secrets
 from urllib.parse import urljoin, urlsplit
 
 from itsdangerous import BadSignature, Signer
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSRF_COOKIE = "nl_csrf"
@@ -129,3 +130,31 @@ def safe_next(target: str | None, base_url: str, own_hosts: set[str]) -> str | N
     if parts.scheme in ("http", "https") and parts.hostname and parts.hostname.lower() in own_hosts:
         return target
     return None
+
+
+class BodyLimit:
+    """Refuse request bodies over `[web] max_body` bytes, declared or streamed, with 413: the error reaches the
+    app's error page (Starlette's own limit answers in plain text)."""
+
+    def __init__(self, app: ASGIApp, max_body: int):
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        total = 0
+
+        async def limited() -> Message:
+            nonlocal total
+            if declared.isdigit() and int(declared) > self.max_body:
+                raise HTTPException(413)
+            message = await receive()
+            total += len(message.get("body", b""))
+            if total > self.max_body:
+                raise HTTPException(413)
+            return message
+
+        await self.app(scope, limited, send)
