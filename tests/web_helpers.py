@@ -77,3 +77,16 @@ def confirmation_link(outbox: Path, address: str) -> str:
     message = email.message_from_bytes(files[-1].read_bytes(), policy=email.policy.default)
     text = message.get_body(("plain",)).get_content()
     return re.search(r"(https?://\S+/confirm/\S+)", text).group(1)
+
+
+def send_issue(web, newsletter_id: str, now: datetime, posts=None, provider=None):
+    """Plan and send the issue of `newsletter_id` at `now` through the outbox (or `provider`)."""
+    from newsletter.deliver import make_provider
+    from newsletter.deliver.run import Sender
+    from newsletter.plan import plan_or_resume
+
+    newsletter = web.config.newsletter(newsletter_id)
+    record, _ = plan_or_resume(web.store, web.config, newsletter, web.env.posts if posts is None else posts, now)
+    if record.status != "skipped":
+        Sender(web.store, web.config, newsletter, provider or make_provider(web.config)).run(record, now)
+    return record
