@@ -237,3 +237,26 @@ def test_unsubscribes_are_recorded_with_when_and_how(web):
         row = conn.execute(unsubscribes.select()).one()
     assert (row.newsletter, row.how) == ("lab", "one-click")
     assert row.at.replace(tzinfo=None) == web.clock.now.replace(tzinfo=None)
+
+
+def test_leaving_while_an_issue_is_being_sent_skips_every_delivery_claimed_afterwards(env):
+    from newsletter import ledger
+    from newsletter.deliver.outbox import OutboxProvider
+
+    from .web_helpers import send_issue
+
+    web = make_web(env)
+    ids = [add(web, f"reader{i}@example.org", "weekly", "lab") for i in range(1, 4)]
+
+    class LeavesMidSend(OutboxProvider):
+        """The outbox, one message a batch; reader 3 presses one-click while reader 1's batch is out."""
+
+        def send(self, batch):
+            if batch.envelopes[0].recipient.email == "reader1@example.org":
+                assert web.client.post(path(web, "unsubscribe", ids[2], "weekly"), data=ONE_CLICK).status_code == 200
+            return super().send(batch)
+
+    record = send_issue(web, "weekly", env.now, provider=LeavesMidSend(web.outbox, batch_size=1))
+    rows = {r["email"]: (r["status"], r["error"]) for r in ledger.open_deliveries(web.store, record.id)}
+    assert rows == {"reader3@example.org": ("skipped", "no longer subscribed to this newsletter")}
+    assert ledger.counts(web.store, record.id) == {"sent": 2, "skipped": 1}
