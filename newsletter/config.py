@@ -267,7 +267,8 @@ def load_config(path: Path | None, *, source_override: Path | None = None) -> Co
     newsletters = _read_newsletters(raw.get("newsletters", {}), site, check)
     delivery = _read_delivery(tables["delivery"], site, base, check)
     templates = base / check.typed(tables["render"], "render", "templates", str, "templates")
-    web_base_url = check.typed(tables["web"], "web", "base_url", str, None)
+    web_base_url = os.environ.get("NEWSLETTER_WEB_BASE_URL") or check.typed(tables["web"], "web", "base_url", str,
+                                                                             None)
     if web_base_url and not re.match(r"^https?://[^/\s]+", web_base_url):
         check.error("web.base_url", f"{web_base_url!r} must be an absolute http(s) URL")
     database_url = os.environ.get("NEWSLETTER_DATABASE_URL") or check.typed(
