@@ -172,8 +172,11 @@ def confirm(store: Store, signup: Signup, ip: str, now: datetime) -> int:
             subscriber_id = found.id
             if found.status in preferences.BLOCKED:
                 raise SignupRefused(preferences.refusal(found.status).capitalize() + ".", 409)
-    for newsletter, categories in signup.newsletters.items():
-        preferences.subscribe(store, subscriber_id, newsletter, categories, now)
+    try:
+        for newsletter, categories in signup.newsletters.items():
+            preferences.subscribe(store, subscriber_id, newsletter, categories, now)
+    except preferences.Refused as err:  # it bounced or complained since the check above
+        raise SignupRefused(str(err).capitalize() + ".", 409) from err
     with store.engine.begin() as conn:
         conn.execute(signups.update().where((signups.c.id == signup.id) & signups.c.confirmed_at.is_(None))
                      .values(confirmed_at=now, confirmed_ip=ip))

@@ -123,6 +123,9 @@ def test_the_static_archive_has_relative_links_and_a_rerun_writes_only_what_chan
     third = write_static(web.store, web.config, list(web.config.newsletters.values()), out, web.app.state.web.env)
     assert sorted(str(p.relative_to(out)) for p in third.written) == [
         "weekly/2026-01-14/index.html", "weekly/feed.atom", "weekly/index.html"]
+    listing = (out / "weekly" / "index.html").read_text()
+    assert listing.count("<article") == 2
+    assert listing.index("2026-01-14/index.html") < listing.index("2026-01-05/index.html")  # newest first
 
 
 def later_post(env):

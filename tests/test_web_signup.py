@@ -230,3 +230,14 @@ def test_log_lines_of_a_sign_up_hold_no_token_and_no_full_address(web, caplog):
     assert "confirmation sent to n***@example.org" in logged
     assert "GET /news/confirm/<token> 200" in logged
     assert link.rsplit("/", 1)[1][:12] not in logged and "new@example.org" not in logged
+
+
+def test_confirming_after_the_address_bounced_is_refused_with_why(web):
+    add(web, "ana@example.org", "weekly")
+    sign_up(web, "ana@example.org", newsletters=("lab",))
+    subscribers.set_status(web.store, "ana@example.org", "bounced", web.env.now)
+    link, page = confirm(web, "ana@example.org")
+    refused = web.client.post(link, data={"csrf": csrf_of(page.text)})
+    assert refused.status_code == 409 and "Mail to this address bounced" in refused.text
+    assert held(web, "ana@example.org") == {"weekly": ()}
+    assert subscribers.find(web.store, "ana@example.org").status == "bounced"
