@@ -260,3 +260,27 @@ def test_leaving_while_an_issue_is_being_sent_skips_every_delivery_claimed_after
     rows = {r["email"]: (r["status"], r["error"]) for r in ledger.open_deliveries(web.store, record.id)}
     assert rows == {"reader3@example.org": ("skipped", "no longer subscribed to this newsletter")}
     assert ledger.counts(web.store, record.id) == {"sent": 2, "skipped": 1}
+
+
+def test_someone_the_operator_removed_sees_so_and_comes_back_only_by_saving(web):
+    ana = add(web, "ana@example.org", "lab")
+    subscribers.set_status(web.store, "ana@example.org", "unsubscribed", web.env.now)
+    url = path(web, "preferences", ana, "lab")
+    page = web.client.get(url)
+    assert "Nothing is sent to this address at the moment." in page.text
+    assert subscribers.find(web.store, "ana@example.org").status == "unsubscribed"
+    web.client.post(url, data={"action": "save", "csrf": csrf_of(page.text), "newsletters": ["lab"]})
+    assert subscribers.find(web.store, "ana@example.org").status == "active"
+
+
+def test_behind_https_the_csrf_cookie_is_secure(env):
+    import dataclasses
+
+    from newsletter.web.app import create_app
+
+    from .web_helpers import TestClient
+
+    config = dataclasses.replace(env.config, web_base_url="https://news.example.org", web_base_url_set=True)
+    client = TestClient(create_app(config, store=env.store), base_url="https://news.example.org")
+    cookie = client.get("/subscribe").headers["set-cookie"]
+    assert "Secure" in cookie and "Path=/;" in cookie

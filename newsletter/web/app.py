@@ -210,6 +210,8 @@ async def _preferences_page(request: Request, subscriber_id: int, notice: str = 
         return refuse(request, 404, "No subscription", "This address is no longer on our list.")
     departures = await run_in_threadpool(preferences.departures, web.store, subscriber_id)
     blocked = preferences.refusal(found.status).capitalize() + "." if found.status in preferences.BLOCKED else ""
+    if found.status == "unsubscribed" and not notice:
+        notice = "Nothing is sent to this address at the moment. Tick a newsletter and save to come back."
     return page(request, "web/preferences.html.j2", status, form=True, email=found.email, notice=notice,
                 blocked=blocked, newsletters=_choices(web, found, departures), page_title="Your newsletters")
 
@@ -241,7 +243,7 @@ def _save(web: Web, subscriber_id: int, wanted: set[str], posted: list[str]) -> 
         held = found.newsletters.get(newsletter)
         if newsletter in wanted:
             categories = _categories(web, newsletter, posted)
-            if held is None or tuple(held) != categories:
+            if held is None or tuple(held) != categories or found.status != "active":
                 preferences.subscribe(web.store, subscriber_id, newsletter, categories, now)
         elif held is not None:
             preferences.unsubscribe(web.store, subscriber_id, newsletter, "preferences", now)
