@@ -82,8 +82,10 @@ def check_form(config: Config, email: str, name: str, newsletters: list[str], ca
     unknown = [n for n in chosen if n not in config.newsletters]
     if unknown:
         raise SignupRefused(f"There is no newsletter called {unknown[0]!r}.")
+    # a category ticked under a newsletter that was not ticked is dropped, as the form shows it
+    kept = [c for c in categories if c.strip() and (":" not in c or c.rpartition(":")[0].strip() in chosen)]
     row = RowChecker(config).check(0, {"email": email, "name": name, "newsletters": ";".join(chosen),
-                                       "categories": ";".join(c for c in categories if c.strip())})
+                                       "categories": ";".join(kept)})
     if isinstance(row, str):
         raise SignupRefused(f"This sign-up cannot be accepted: {row}.")
     return row.email, row.name, row.newsletters

@@ -140,6 +140,7 @@ def test_invalid_input_is_refused_with_the_reason_escaped(web):
     assert "no newsletter called" in sign_up(web, newsletters=("nope",)).text
     assert "not one of newsletter" in sign_up(web, categories=["lab:Cooking"]).text
     assert "at least one newsletter" in sign_up(web, newsletters=()).text
+    assert sign_up(web, newsletters=("weekly",), categories=["lab:Science"]).status_code == 303  # dropped
 
 
 def test_signups_per_address_are_limited_and_refusals_say_why(env):

@@ -111,7 +111,7 @@ class Csrf:
             signed = self.signer.unsign(token).decode("ascii")
         except (BadSignature, UnicodeError):
             return False
-        return secrets.compare_digest(signed, cookie)
+        return secrets.compare_digest(signed.encode("utf-8"), cookie.encode("utf-8"))
 
 
 def origin_of(url: str) -> str:
