@@ -77,7 +77,7 @@ def page(request: Request, template: str, status: int = 200, *, form: bool = Fal
     """Render a page; a page with a form gets the CSRF token, and the cookie it is checked against."""
     web = _web(request)
     cookie, fresh = request.cookies.get(CSRF_COOKIE), None
-    if form and not cookie:
+    if form and not Csrf.usable(cookie):
         cookie = fresh = Csrf.new_value()
     html = web.env.get_template(template).render(site=web.site(), links=web.links,
                                              csrf=web.csrf.token(cookie) if form else "", **context)

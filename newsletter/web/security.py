@@ -101,14 +101,19 @@ class Csrf:
     def new_value() -> str:
         return secrets.token_urlsafe(24)
 
+    @staticmethod
+    def usable(value: str | None) -> bool:
+        """Whether a cookie sent back looks like one we made (anything else is replaced with a new one)."""
+        return bool(value) and len(value) <= 64 and all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
+
     def token(self, value: str) -> str:
-        return self.signer.sign(value).decode("ascii")
+        return self.signer.sign(value).decode("utf-8")
 
     def valid(self, cookie: str | None, token: str | None) -> bool:
-        if not cookie or not token:
+        if not self.usable(cookie) or not token:
             return False
         try:
-            signed = self.signer.unsign(token).decode("ascii")
+            signed = self.signer.unsign(token).decode("utf-8")
         except (BadSignature, UnicodeError):
             return False
         return secrets.compare_digest(signed.encode("utf-8"), cookie.encode("utf-8"))
@@ -126,8 +131,12 @@ def safe_next(target: str | None, base_url: str, own_hosts: set[str]) -> str | N
         return None
     if target.startswith("/") and not target.startswith("//"):
         return urljoin(origin_of(base_url) + "/", target)
-    parts = urlsplit(target)
-    if parts.scheme in ("http", "https") and parts.hostname and parts.hostname.lower() in own_hosts:
+    try:
+        parts = urlsplit(target)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
+    if parts.scheme in ("http", "https") and host and host.lower() in own_hosts:
         return target
     return None
 
