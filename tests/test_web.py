@@ -284,3 +284,14 @@ def test_behind_https_the_csrf_cookie_is_secure(env):
     client = TestClient(create_app(config, store=env.store), base_url="https://news.example.org")
     cookie = client.get("/subscribe").headers["set-cookie"]
     assert "Secure" in cookie and "Path=/;" in cookie
+
+
+def test_a_file_posted_in_place_of_a_field_is_refused_not_a_crash(web):
+    ana = add(web, "ana@example.org", "lab")
+    answer = web.client.post(path(web, "unsubscribe", ana, "lab"),
+                             files={"List-Unsubscribe": ("x.txt", b"One-Click"), "csrf": ("c.txt", b"x")})
+    assert answer.status_code == 403
+    signup_answer = web.client.post("/news/subscribe", files={"email": ("e.txt", b"a@example.org")},
+                                    headers={"Origin": "https://harbourlight.example.org"})
+    assert signup_answer.status_code == 400 and "Please give your email address." in signup_answer.text
+    assert held(web, "ana@example.org") == {"lab": ()}

@@ -107,8 +107,18 @@ async def read_form(request: Request) -> FormData:
         raise HTTPException(400, "The form could not be read.") from err
 
 
+def field(form: FormData, name: str) -> str:
+    """A text field of the form ("" when absent, or when a file was posted in its place)."""
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def fields(form: FormData, name: str) -> list[str]:
+    return [v for v in form.getlist(name) if isinstance(v, str)]
+
+
 def csrf_ok(request: Request, form: FormData) -> bool:
-    return _web(request).csrf.valid(request.cookies.get(CSRF_COOKIE), form.get(CSRF_FIELD))
+    return _web(request).csrf.valid(request.cookies.get(CSRF_COOKIE), field(form, CSRF_FIELD))
 
 
 def client_ip(request: Request) -> str:
@@ -163,7 +173,7 @@ async def unsubscribe(request: Request) -> Response:
     the page's button (CSRF-checked). Both are idempotent and take effect at once."""
     web, claims = _web(request), verified(request, "unsubscribe")
     form = await read_form(request)
-    one_click = form.get("List-Unsubscribe") == "One-Click"
+    one_click = field(form, "List-Unsubscribe") == "One-Click"
     if claims is None:
         return bad_link(request)
     if not one_click and not csrf_ok(request, form):
@@ -260,18 +270,18 @@ async def preferences_save(request: Request) -> Response:
                       "This form had expired or did not come from this site. Reload the page and try again.")
     if claims.is_test:
         return test_copy(request)
-    action, sid = form.get("action"), claims.subscriber_id
+    action, sid = field(form, "action"), claims.subscriber_id
     try:
         if action == "leave_all":
             left = await run_in_threadpool(preferences.leave_all, web.store, sid, "preferences", web.now())
             log.info("subscriber %d left %s (preferences)", sid, ", ".join(left) or "nothing")
             notice = "You have left every newsletter. Tick one and save to come back."
-        elif action == "rejoin" and form.get("newsletter") in web.config.newsletters:
-            await run_in_threadpool(preferences.subscribe, web.store, sid, form.get("newsletter"), (), web.now())
-            notice = f"Welcome back to {web.config.newsletters[form.get('newsletter')].title}."
+        elif action == "rejoin" and field(form, "newsletter") in web.config.newsletters:
+            await run_in_threadpool(preferences.subscribe, web.store, sid, field(form, "newsletter"), (), web.now())
+            notice = f"Welcome back to {web.config.newsletters[field(form, 'newsletter')].title}."
         elif action == "save":
-            notice = await run_in_threadpool(_save, web, sid, set(form.getlist("newsletters")),
-                                             form.getlist("categories"))
+            notice = await run_in_threadpool(_save, web, sid, set(fields(form, "newsletters")),
+                                             fields(form, "categories"))
         else:
             return refuse(request, 400, "Nothing was changed", "The form did not say what to do.")
     except preferences.Refused as err:
@@ -293,8 +303,8 @@ async def subscribe_page(request: Request) -> Response:
 
 
 def _sign_up(web: Web, form: FormData, ip: str) -> None:
-    email, name, chosen = signup.check_form(web.config, form.get("email") or "", form.get("name") or "",
-                                            form.getlist("newsletters"), form.getlist("categories"))
+    email, name, chosen = signup.check_form(web.config, field(form, "email"), field(form, "name"),
+                                            fields(form, "newsletters"), fields(form, "categories"))
     now = web.now()
     recorded = signup.record(web.store, web.config, email, name, chosen, ip, now)
     if recorded is None:
@@ -322,7 +332,7 @@ async def subscribe(request: Request) -> Response:
         await run_in_threadpool(_sign_up, web, form, client_ip(request))
     except signup.SignupRefused as err:
         return refuse(request, err.status, "Your sign-up was not accepted", str(err))
-    target = safe_next(form.get("next"), web.base, web.own_hosts) or f"{web.prefix}/subscribe/sent"
+    target = safe_next(field(form, "next"), web.base, web.own_hosts) or f"{web.prefix}/subscribe/sent"
     return RedirectResponse(target, 303)
 
 
