@@ -1,13 +1,17 @@
 """The command line: parse arguments, call the library, turn its errors into messages and exit codes.
 
-Exit status: 0 success; 1 a command failed, or warnings under --strict; 2 a usage or configuration error;
-3 a send left deliveries whose outcome is unknown.
+Exit status: 0 success; 1 a command failed (a database or file that cannot be used, a bug), or warnings
+under --strict; 2 a usage or configuration error, or an unknown newsletter, issue or subscriber; 3 a send left
+deliveries whose outcome is unknown. Bad input never shows a traceback: only a bug does, with a request to
+report it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +25,26 @@ from .errors import ConfigError, NewsletterError, Problem
 from .posts import Post
 
 EXIT_STRICT = 1
+EXIT_FAILED = 1
+# The moments --now and --since accept: far enough inside datetime's range that a window before them or a
+# conversion to any time zone still fits.
+EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9998, 12, 31, tzinfo=timezone.utc)
+
+
+def parse_option_moment(text: str, zone, option: str) -> datetime:
+    """A moment given on the command line, or a usage error naming the option and the accepted range."""
+    try:
+        moment = parse_moment(text, zone)
+        in_range = EARLIEST <= moment <= LATEST
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint=option) from err
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise click.BadParameter(f"{text!r} is out of range: give a moment between {EARLIEST:%Y-%m-%d} and "
+                                 f"{LATEST:%Y-%m-%d}", param_hint=option)
+    return moment
 
 
 @dataclass
@@ -43,10 +67,7 @@ class State:
     def now(self, config: Config) -> datetime:
         if self.now_text is None:
             return datetime.now(timezone.utc).astimezone(config.site.timezone)
-        try:
-            return parse_moment(self.now_text, config.site.timezone)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--now") from err
+        return parse_option_moment(self.now_text, config.site.timezone, "--now")
 
     def posts(self, config: Config, now: datetime) -> list[Post]:
         from .site import read_site
@@ -71,7 +92,10 @@ class State:
 
 
 class NewsletterGroup(click.Group):
-    """Turns the library's errors into a message on stderr and the exit status they carry."""
+    """Turns the library's errors into a message on stderr and the exit status they carry.
+
+    Bad input (a configuration, a file, a database, an argument) is one line saying what and where. Anything
+    else is a bug: it is shown with its traceback and a request to report it."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -84,6 +108,24 @@ class NewsletterGroup(click.Group):
         except NewsletterError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(err.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BrokenPipeError:
+            # the reader of our output went away (`... | head`): nothing to say, and no one to say it to
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush is quiet
+            except (OSError, ValueError):
+                pass  # standard output is not a file (a test runner's buffer)
+            ctx.exit(EXIT_FAILED)
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"error: {where}{err.strerror or err}", err=True)
+            ctx.exit(EXIT_FAILED)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            click.echo(f"error: this is a bug in newsletter {__version__}, not a problem with your input; please "
+                       "report it with the traceback above and the command you ran", err=True)
+            ctx.exit(EXIT_FAILED)
         state = ctx.find_object(State)
         if state is not None and state.strict and state.warnings:
             click.echo(f"error: {len(state.warnings)} warning(s) and --strict was given", err=True)
@@ -122,10 +164,7 @@ def posts(state: State, source: Path | None, categories: tuple[str, ...], since:
         wanted = {c.casefold() for c in categories}
         found = [p for p in found if p.in_categories(wanted)]
     if since:
-        try:
-            moment = parse_moment(since, config.site.timezone)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--since") from err
+        moment = parse_option_moment(since, config.site.timezone, "--since")
         found = [p for p in found if p.date > moment]
     if as_json:
         click.echo(json.dumps([p.as_json() for p in found], indent=2, ensure_ascii=False))
@@ -228,10 +267,16 @@ def _write(payload: bytes, out: Path, newsletter_id: str, fmt: str, several: boo
 @cli.command()
 @click.pass_obj
 def check(state: State) -> None:
-    """Check the configuration and read every post, reporting every problem found."""
+    """Check the configuration, read every post, and render every newsletter's subject and templates against a
+    sample issue, reporting every problem found."""
+    from .digest import check_newsletters
+
     config = state.config()
     now = state.now(config)
     found = state.posts(config, now)
+    problems = check_newsletters(config, found, now)
+    if problems:
+        raise ConfigError(problems)
     click.echo(f"{config.where}: {len(config.newsletters)} newsletter(s), {len(found)} post(s) in "
                f"{config.site.source}, {len(state.warnings)} warning(s)")
 
@@ -240,7 +285,7 @@ def main() -> None:
     cli(prog_name="newsletter")
 
 
-from . import cli_send, cli_subscribers, cli_web  # noqa: E402, F401  (importing them adds their commands to `cli`)
+from . import cli_events, cli_send, cli_subscribers, cli_web  # noqa: E402, F401  (importing them adds their commands to `cli`)
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ import click
 from .cli import State, cli
 from .clock import format_duration
 from .config import PROVIDERS
-from .errors import UnknownNameError
+from .errors import NewsletterError, Problem, UnknownNameError
 
 
 class Progress:
@@ -74,8 +74,10 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
     """
     from .deliver import make_provider
     from .deliver.run import dry_run as plan_dry
-    from .deliver.run import send_test_copy
-    from .plan import period_of, plan_or_resume
+    from .deliver.run import send_newsletter, send_test_copy
+    from .ledger import counts
+    from .plan import period_of
+    from .store import engine_safe
     from .subscribers import normalise_email
 
     config = state.config()
@@ -87,7 +89,11 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
         report = plan_dry(store, config, newsletter, posts, now)
         _print_plan(report)
         return
-    chosen = make_provider(config, provider)
+    chosen = make_provider(config, provider, store)
+    if not to_address:
+        from .events import last_issue_warnings
+
+        state.warn([Problem(newsletter.id, warning) for warning in last_issue_warnings(store, newsletter.id)])
     if to_address:
         try:
             address = normalise_email(to_address)
@@ -101,50 +107,57 @@ def send(state: State, newsletter_id: str, provider: str | None, dry_run: bool, 
                        f"through {chosen.name}")
         return
     wanted = period_of(now, config, newsletter)
-    while True:
-        record, created = plan_or_resume(store, config, newsletter, posts, now)
+    progress: list[Progress] = []
+
+    def starting(record, created):
         if record.period != wanted:
             click.echo(f"{newsletter.id}: the issue for {record.period} was left unfinished; resuming it before "
                        f"the issue for {wanted}", err=True)
-        code = _send_one(state, config, store, newsletter, chosen, record, created, now, retry_unknown)
-        state.exit_code = max(state.exit_code, code)
-        if record.period == wanted:
-            return
+        if record.status == "skipped":
+            return None
+        before = counts(store, record.id)
+        click.echo(f"{newsletter.id}: {'planned' if created else 'resuming'} issue {record.number} (id {record.id}) "
+                   f"for {record.period}: {len(record.posts)} post(s), {sum(before.values())} delivery(ies), "
+                   f"through {chosen.name}; database {engine_safe(config.database_url)}", err=True)
+        final = sum(n for status, n in before.items() if status in ("sent", "failed", "skipped"))
+        progress.append(Progress(f"{newsletter.id} {record.period}", sum(before.values()), final))
+        return progress[-1]
+
+    def finished(report):
+        if progress:
+            progress.pop().stop()
+        state.exit_code = max(state.exit_code, _print_report(report, newsletter, config, chosen, now))
+
+    def checks(warnings):
+        state.warn([Problem(newsletter.id, warning) for warning in warnings])
+        if warnings and state.strict:
+            raise NewsletterError(f"{newsletter.id}: {len(warnings)} warning(s) before sending and --strict was "
+                                  "given; nothing was sent, the issue stays planned")
+
+    try:
+        send_newsletter(store, config, newsletter, chosen, posts, now, retry_unknown=retry_unknown,
+                        starting=starting, finished=finished, checks=checks)
+    finally:
+        for bar in progress:
+            bar.stop()
 
 
-def _send_one(state, config, store, newsletter, chosen, record, created, now, retry_unknown) -> int:
-    """Send (or resume) one planned issue and print how it went; returns the exit status it calls for."""
-    from .deliver.run import Sender
-    from .ledger import counts
-    from .store import engine_safe
-
-    if record.status == "skipped":
-        click.echo(f"{newsletter.id}: issue for {record.period} skipped: nothing in the last "
+def _print_report(report, newsletter, config, chosen, now) -> int:
+    """What one issue's send did; returns the exit status it calls for."""
+    if report.skipped_issue:
+        click.echo(f"{newsletter.id}: issue for {report.period} skipped: nothing in the last "
                    f"{format_duration(newsletter.window)} that an earlier issue did not carry")
         return 0
-    before = counts(store, record.id)
-    click.echo(f"{newsletter.id}: {'planned' if created else 'resuming'} issue {record.number} (id {record.id}) for "
-               f"{record.period}: {len(record.posts)} post(s), {sum(before.values())} delivery(ies), through "
-               f"{chosen.name}; database {engine_safe(config.database_url)}", err=True)
-    final = sum(n for status, n in before.items() if status in ("sent", "failed", "skipped"))
-    progress = Progress(f"{newsletter.id} {record.period}", sum(before.values()), final)
-    try:
-        report = Sender(store, config, newsletter, chosen, progress=progress).run(record, now,
-                                                                                  retry_unknown=retry_unknown)
-    finally:
-        progress.stop()
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
     if report.recovered:
         click.echo(f"warning: {report.recovered} delivery(ies) were in flight when an earlier send stopped; they "
                    "are now unknown and were not sent again", err=True)
     _print_counts(report.counts)
     if report.counts.get("unknown"):
         click.echo(f"{report.counts['unknown']} delivery(ies) are unknown: the provider may or may not have sent "
-                   f"them. See `newsletter status {record.id}`; once you know they did not arrive, send them with "
-                   f"`newsletter send {newsletter.id} --now {now.isoformat()} --retry-unknown`.", err=True)
+                   f"them. See `newsletter status {report.issue_id}`; once you know they did not arrive, send them "
+                   f"with `newsletter send {newsletter.id} --now {now.isoformat()} --retry-unknown`.", err=True)
     if chosen.name == "outbox":
-        click.echo(f"messages are in {config.delivery.outbox / f'{newsletter.id}-{record.period}'}", err=True)
+        click.echo(f"messages are in {config.delivery.outbox / f'{newsletter.id}-{report.period}'}", err=True)
     return report.exit_code
 
 
@@ -176,13 +189,13 @@ def _print_plan(report) -> None:
 @click.pass_obj
 def status(state: State, issue_id: int | None, as_json: bool) -> None:
     """Issues with their counts per delivery status; with ISSUE, its failures and unknowns with reasons."""
-    from . import ledger
+    from . import events, ledger
 
     store = state.store(state.config())
     issues = ledger.list_issues(store)
     if issue_id is None:
         if as_json:
-            click.echo(json.dumps([{k: i[k] for k in ("id", "newsletter", "period", "counts")} for i in issues],
+            click.echo(json.dumps([{k: i[k] for k in ("id", "newsletter", "period", "status", "counts")} for i in issues],
                                   indent=2))
             return
         for issue in issues:
@@ -198,14 +211,18 @@ def status(state: State, issue_id: int | None, as_json: bool) -> None:
     if found is None:
         raise UnknownNameError(f"no issue {issue_id}; `newsletter status` lists them")
     rows = ledger.open_deliveries(store, issue_id)
+    reported, health = events.event_counts(store, issue_id), events.issue_health(store, issue_id)
     if as_json:
-        click.echo(json.dumps({**{k: found[k] for k in ("id", "newsletter", "period", "counts")},
+        click.echo(json.dumps({**{k: found[k] for k in ("id", "newsletter", "period", "status", "counts")},
+                               "events": reported, "rates": health.as_json(),
                                "deliveries": [{k: r[k] for k in ("email", "status", "error")} for r in rows]},
                               indent=2, ensure_ascii=False))
         return
     tally = ", ".join(f"{s} {n}" for s, n in sorted(found["counts"].items())) or "no deliveries"
     click.echo(f"issue {found['id']}: {found['newsletter']} {found['period']} #{found['number']} "
                f"({found['status']}): {tally}")
+    if reported:
+        click.echo(f"reported: {', '.join(f'{k} {n}' for k, n in reported.items())}; {events.outcome_line(health)}")
     for row in rows:
         if row["status"] != "skipped" or row["error"]:
             click.echo(f"{row['status']}\t{row['email']}\t{row['error'] or ''}")

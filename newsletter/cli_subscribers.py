@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,15 +39,11 @@ def import_command(state: State, file: Path, newsletter: str | None, skip_invali
 
     config = state.config()
     now = state.now(config)
+    text = _read_text(file)
     store = state.store(config)
     try:
-        with open(file, encoding="utf-8-sig", newline="") as stream:
-            report = import_csv(store, config, stream, str(file), now, newsletter=newsletter,
-                                skip_invalid=skip_invalid, resubscribe=resubscribe)
-    except OSError as err:
-        raise NewsletterError(f"cannot read {file}: {err.strerror}") from err
-    except UnicodeDecodeError as err:
-        raise NewsletterError(f"{file} is not UTF-8 text (byte {err.start}); save it as UTF-8") from err
+        report = import_csv(store, config, io.StringIO(text, newline=""), str(file), now,
+                            newsletter=newsletter, skip_invalid=skip_invalid, resubscribe=resubscribe)
     except ImportRejected as err:
         for problem in err.problems:
             click.echo(f"invalid: {problem}", err=True)
@@ -56,22 +55,60 @@ def import_command(state: State, file: Path, newsletter: str | None, skip_invali
         click.echo(f"  kept unsubscribed: {address} (pass --resubscribe to make them active again)")
 
 
+def _read_text(file: Path) -> str:
+    """A subscriber file's text: UTF-8, with or without a byte-order mark; anything else is named precisely."""
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        raise NewsletterError(f"cannot read {file}: {err.strerror}") from err
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise NewsletterError(f"{file} is UTF-16 text; save it as UTF-8 (in Excel: CSV UTF-8)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise NewsletterError(f"{file}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8 "
+                              "(in Excel: CSV UTF-8)") from err
+
+
 @subscribers.command()
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write to this file [default: stdout].")
+@click.option("--excel-safe", is_flag=True,
+              help="Put a ' before names a spreadsheet would run as a formula (=, +, -, @ first); for opening in "
+                   "a spreadsheet, not for importing back.")
 @click.pass_obj
-def export(state: State, out: Path | None) -> None:
+def export(state: State, out: Path | None, excel_safe: bool) -> None:
     """Export every subscriber as CSV, in the columns import reads (statuses included)."""
     from .subscribers import export_csv
 
     store = state.store(state.config())
     if out is None:
-        count = export_csv(store, sys.stdout)
+        count = export_csv(store, sys.stdout, excel_safe_names=excel_safe)
     else:
-        temporary = out.with_name(out.name + ".tmp")
-        with open(temporary, "w", encoding="utf-8", newline="") as stream:
-            count = export_csv(store, stream)
-        temporary.replace(out)
+        count = _export_to(store, out, excel_safe)
     click.echo(f"exported {count} subscriber(s)" + (f" to {out}" if out else ""), err=True)
+
+
+def _export_to(store, out: Path, excel_safe: bool) -> int:
+    """Export to a file written whole or not at all (a temporary file renamed over it)."""
+    from .subscribers import export_csv
+
+    if not out.parent.is_dir():
+        raise NewsletterError(f"cannot write {out}: the folder {out.parent} does not exist; create it first")
+    temporary = out.with_name(out.name + ".tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as stream:
+            count = export_csv(store, stream, excel_safe_names=excel_safe)
+            stream.flush()
+            os.fsync(stream.fileno())
+        temporary.replace(out)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise NewsletterError(f"cannot write {err.filename or out}: {err.strerror}") from err
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return count
 
 
 @subscribers.command(name="add")
@@ -89,6 +126,8 @@ def add_command(state: State, email: str, name: str, newsletters: tuple[str, ...
     from .subscribers import add
 
     config = state.config()
+    for newsletter in newsletters:
+        config.newsletter(newsletter)
     report = add(state.store(config), config, email, name, newsletters, categories, state.now(config),
                  resubscribe=resubscribe)
     if report.kept_unsubscribed:
@@ -101,10 +140,13 @@ def add_command(state: State, email: str, name: str, newsletters: tuple[str, ...
 @click.pass_obj
 def remove(state: State, email: str) -> None:
     """Unsubscribe someone: they are never emailed again (their record stays, so an import cannot re-add them)."""
-    from .subscribers import set_status
+    from .subscribers import find, set_status
 
     config = state.config()
-    found = set_status(state.store(config), email, "unsubscribed", state.now(config))
+    store = state.store(config)
+    if find(store, email) is None:
+        raise UnknownNameError(f"no subscriber {email!r}; `newsletter subscribers list` lists them")
+    found = set_status(store, email, "unsubscribed", state.now(config))
     click.echo(f"unsubscribed: {found.email}")
 
 
@@ -147,7 +189,7 @@ def show(state: State, email: str, as_json: bool) -> None:
     store = state.store(state.config())
     found = find(store, email)
     if found is None:
-        raise UnknownNameError(f"no subscriber {email!r}")
+        raise UnknownNameError(f"no subscriber {email!r}; `newsletter subscribers list` lists them")
     from .cli_web import subscriber_record
 
     data = {**_as_json(found), **subscriber_record(store, email)}

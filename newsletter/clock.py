@@ -7,12 +7,20 @@ repeatable in tests and previews.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(w|d|h|m)\s*$", re.IGNORECASE)
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
-# Ruby's Time.parse accepts "2024-01-02 10:00:00 +0100", which fromisoformat does not.
-_SPACED_OFFSET = re.compile(r"^(\d{4}-\d{1,2}-\d{1,2})[ T](\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*([+-]\d{2}:?\d{2}|Z)?$")
+_UNIT_MINUTES = {"w": 7 * 24 * 60, "d": 24 * 60, "h": 60, "m": 1}
+# A century: longer windows would reach before any date a post can have, and overflow date arithmetic.
+LONGEST_DAYS = 36500
+# The forms Ruby's Time.parse (which Jekyll reads a quoted date with) accepts beyond ISO 8601: one-digit month,
+# day and hour, a space before the offset, an offset without a colon or without minutes, UTC and GMT.
+_RUBY_MOMENT = re.compile(
+    r"^(\d{4})-(\d{1,2})-(\d{1,2})(?:(?:T|\s+)(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?"
+    r"\s*(?:(Z|UTC|GMT)|([+-])(\d{2}):?(\d{2})?)?$",
+    re.IGNORECASE,
+)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -20,6 +28,8 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(str(text))
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"{text!r} is not a duration; write a positive number and a unit, like 7d, 2w or 12h")
+    if int(match.group(1)) * _UNIT_MINUTES[match.group(2).lower()] > LONGEST_DAYS * 24 * 60:
+        raise ValueError(f"{text!r} is longer than {LONGEST_DAYS}d (a century); write a shorter duration")
     return timedelta(**{_UNITS[match.group(2).lower()]: int(match.group(1))})
 
 
@@ -42,20 +52,28 @@ def localize(value: datetime | date, zone: tzinfo) -> datetime:
 
 
 def parse_moment(text: str, zone: tzinfo) -> datetime:
-    """Parse an ISO 8601 date or datetime (offset optional, naive means `zone`) into an aware datetime."""
+    """Parse an ISO 8601 date or datetime (offset optional, naive means `zone`) into an aware datetime; also
+    the looser forms Ruby's Time.parse reads, like "2025-07-22 9:30 +0100". ValueError names what is wrong."""
     raw = str(text).strip()
     try:
         parsed: datetime | date = datetime.fromisoformat(raw)
     except ValueError:
-        match = _SPACED_OFFSET.match(raw)
-        if not match:
-            raise ValueError(
-                f"{text!r} is not an ISO 8601 date or time, like 2026-01-05 or 2026-01-05T07:00:00+00:00"
-            ) from None
-        day, clock, offset = match.groups()
-        year, month, dom = (int(part) for part in day.split("-"))
-        iso = f"{year:04d}-{month:02d}-{dom:02d}T{clock.zfill(8) if clock.count(':') == 2 else clock}"
-        if offset:
-            iso += "+00:00" if offset == "Z" else f"{offset[:3]}:{offset[-2:]}"
-        parsed = datetime.fromisoformat(iso)
+        parsed = _ruby_moment(raw, text)
     return localize(parsed, zone)
+
+
+def _ruby_moment(raw: str, text: str) -> datetime:
+    match = _RUBY_MOMENT.match(raw)
+    if not match:
+        raise ValueError(
+            f"{text!r} is not an ISO 8601 date or time, like 2026-01-05 or 2026-01-05T07:00:00+00:00"
+        ) from None
+    year, month, day, hour, minute, second, fraction, utc, sign, off_hours, off_minutes = match.groups()
+    zone = None
+    if utc:
+        zone = timezone.utc
+    elif sign:
+        offset = timedelta(hours=int(off_hours), minutes=int(off_minutes or 0))
+        zone = timezone(-offset if sign == "-" else offset)  # ValueError past 24 hours
+    return datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
+                    int((fraction or "0")[:6].ljust(6, "0")), tzinfo=zone)

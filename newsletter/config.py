@@ -59,12 +59,15 @@ DELIVERY_KEYS = {
     "batch_size": 100,
     "max_attempts": 5,
     "retry_delay": 30.0,
+    "deadline": "1h",
+    "soft_bounce_limit": 3,
     "smtp": {},
     "sendgrid": {},
 }
 SMTP_KEYS = {"host": "localhost", "port": None, "security": "starttls", "username": None, "connections": 2,
-             "timeout": 30.0, "ca_file": None}
-SENDGRID_KEYS = {"api_host": "https://api.sendgrid.com", "timeout": 30.0, "batch_size": 1000}
+             "timeout": 30.0, "ca_file": None, "bounce_address": None}
+SENDGRID_KEYS = {"api_host": "https://api.sendgrid.com", "timeout": 30.0, "batch_size": 1000,
+                 "webhook_public_key": None, "webhook_tolerance": "10m"}
 DATABASE_KEYS = {"url": None}
 RENDER_KEYS = {"templates": "templates"}
 WEB_KEYS = {
@@ -105,8 +108,9 @@ class SiteConfig:
     future: bool
     is_jekyll: bool
     exclude: tuple[str, ...] = ()
-    #: Jekyll's `defaults:` entries that apply to posts, as (path prefix, values)
-    defaults: tuple[tuple[str, dict], ...] = field(default=(), compare=False)
+    #: Jekyll's `defaults:` entries that may apply to posts, in the order listed, as (scope path as written,
+    #: whether the scope names a type, values); which apply to a post and in what order is site.py's job
+    defaults: tuple[tuple[str, bool, dict], ...] = field(default=(), compare=False)
 
     @property
     def absolute_base(self) -> str:
@@ -146,6 +150,8 @@ class SmtpConfig:
     connections: int = 2
     timeout: float = 30.0
     ca_file: Path | None = None
+    #: the envelope sender bounces come back to, made per delivery as `local+<signed id>@domain` (VERP)
+    bounce_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,10 @@ class SendgridConfig:
     api_host: str = "https://api.sendgrid.com"
     timeout: float = 30.0
     batch_size: int = 1000
+    #: the base64 ECDSA public key SendGrid shows for its signed Event Webhook
+    webhook_public_key: str | None = None
+    #: how old a webhook post's signed timestamp may be
+    webhook_tolerance: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,10 @@ class DeliveryConfig:
     batch_size: int = 100
     max_attempts: int = 5
     retry_delay: float = 30.0
+    #: how long a send may wait out rate limits and retries before it stops with the rest pending
+    deadline: timedelta = timedelta(hours=1)
+    #: soft bounces in a row (one per delivery) after which a subscriber counts as bounced
+    soft_bounce_limit: int = 3
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     sendgrid: SendgridConfig = field(default_factory=SendgridConfig)
 
@@ -339,14 +353,19 @@ def _read_site(table: dict, base: Path, source_override: Path | None, check: _Co
     )
 
 
-def _jekyll_post_defaults(jekyll: dict[str, Any] | None) -> tuple[tuple[str, dict], ...]:
+def _jekyll_post_defaults(jekyll: dict[str, Any] | None) -> tuple[tuple[str, bool, dict], ...]:
+    """The `defaults:` sets Jekyll would consider for posts: a mapping of values, scoped to no type, or to
+    `posts` (or the deprecated `post`). Sets Jekyll refuses (values not a mapping) are left out as it does."""
     found = []
     for entry in (jekyll or {}).get("defaults") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict):
             continue
         scope = entry.get("scope") if isinstance(entry.get("scope"), dict) else {}
-        if scope.get("type") in (None, "posts"):
-            found.append((str(scope.get("path") or "").strip("/"), entry["values"]))
+        kind = scope.get("type")
+        if kind is not None and str(kind) not in ("posts", "post"):
+            continue
+        path = scope.get("path")
+        found.append((path if isinstance(path, str) else "", kind is not None, entry["values"]))
     return tuple(found)
 
 
@@ -482,16 +501,22 @@ def _schedule(table: dict, section: str, zone: ZoneInfo, check: _Collector) -> t
 
 
 def check_address(text: str) -> str | None:
-    """Return why `text` ("Name <addr>" or "addr") is not a usable address, or None when it is."""
-    from email.utils import parseaddr
+    """Return why `text` ("Name <addr>" or "addr") is not one usable address, or None when it is. It is parsed
+    as an RFC 5322 header would be, so a name with a comma must be quoted."""
+    from email.headerregistry import HeaderRegistry
 
     from email_validator import EmailNotValidError, validate_email
 
     if "\r" in text or "\n" in text:
         return "must not contain a line break"
-    _name, address = parseaddr(text)
-    if not address or ("<" not in text and " " in text.strip()):
+    parsed = HeaderRegistry()("From", text)
+    found = [a for a in parsed.addresses if a.username or a.domain]
+    if len(found) > 1:
+        return (f"{text!r} holds {len(found)} addresses; give exactly one, and quote a name with a comma or other "
+                'punctuation, like "\\"Harbour, Light\\" <news@example.org>"')
+    if len(found) != 1 or not found[0].domain or parsed.defects:
         return f"{text!r} is not an address like \"Blog <news@example.org>\""
+    address = found[0].addr_spec
     try:
         validate_email(address, check_deliverability=False)
     except EmailNotValidError as err:
@@ -520,12 +545,36 @@ def _ca_file(table: dict, base: Path, check: _Collector) -> Path | None:
 
 
 def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector) -> DeliveryConfig:
-    host = re.sub(r"^https?://", "", site.url).split("/")[0].split(":")[0] or "localhost"
+    def default_sender() -> tuple[str, str | None]:
+        """The From used when [delivery] from is not set: the site's title as the display name (quoted as RFC 5322
+        needs, line breaks folded) and newsletter@ the host of the site's URL; and why it is not usable, or None.
+        Without a URL (or with localhost) the address is newsletter@localhost, good for the outbox only."""
+        from email.headerregistry import Address
+        from urllib.parse import urlsplit
+
+        try:
+            host = urlsplit(site.url).hostname or ""
+        except ValueError as err:
+            return "", f"no From address can be made from site.url {site.url!r}: {err}"
+        name = " ".join(site.title.split())
+        try:
+            sender = str(Address(display_name=name, username="newsletter", domain=host or "localhost"))
+        except (ValueError, IndexError) as err:
+            return "", f"no From address can be made from site.url {site.url!r}: {err}"
+        if host in ("", "localhost"):
+            return sender, None
+        why = check_address(sender)
+        return sender, None if why is None else f"no From address can be made from site.url {site.url!r} ({why})"
+
     sender = check.typed(table, "delivery", "from", str, None)
     reply_to = check.typed(table, "delivery", "reply_to", str, None)
     for key, value in (("from", sender), ("reply_to", reply_to)):
         if value is not None and (why := check_address(value)):
             check.error(f"delivery.{key}", why)
+    if sender is None:
+        sender, why = default_sender()
+        if why:
+            check.error("delivery.from", f"is not set, and {why}; set it, like from = \"Blog <news@example.org>\"")
     provider = check.typed(table, "delivery", "provider", str, "outbox")
     if provider not in PROVIDERS:
         check.error("delivery.provider", f"{provider!r} is not a provider; use one of {', '.join(PROVIDERS)}")
@@ -541,13 +590,15 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
     if not re.match(r"^https?://[^/\s]+", api_host):
         check.error("delivery.sendgrid.api_host", f"{api_host!r} must be an http(s) URL")
     return DeliveryConfig(
-        from_addr=sender or f"{site.title} <newsletter@{host}>",
+        from_addr=sender,
         reply_to=reply_to,
         provider=provider,
         outbox=base / check.typed(table, "delivery", "outbox", str, "outbox"),
         batch_size=_number(table, "delivery", "batch_size", 100, check, high=10_000),
         max_attempts=_number(table, "delivery", "max_attempts", 5, check, high=100),
         retry_delay=_number(table, "delivery", "retry_delay", 30.0, check, kind=float, low=0),
+        deadline=_duration(table, "delivery", "deadline", "1h", check),
+        soft_bounce_limit=_number(table, "delivery", "soft_bounce_limit", 3, check, high=100),
         smtp=SmtpConfig(
             host=check.typed(smtp_table, "delivery.smtp", "host", str, "localhost"),
             port=_number(smtp_table, "delivery.smtp", "port", SECURITY[security], check, high=65535),
@@ -556,10 +607,43 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
             connections=_number(smtp_table, "delivery.smtp", "connections", 2, check, high=64),
             timeout=_number(smtp_table, "delivery.smtp", "timeout", 30.0, check, kind=float, low=0.1),
             ca_file=_ca_file(smtp_table, base, check),
+            bounce_address=_bounce_address(smtp_table, check),
         ),
         sendgrid=SendgridConfig(
             api_host=api_host.rstrip("/"),
             timeout=_number(sendgrid_table, "delivery.sendgrid", "timeout", 30.0, check, kind=float, low=0.1),
             batch_size=_number(sendgrid_table, "delivery.sendgrid", "batch_size", 1000, check, high=1000),
+            webhook_public_key=_webhook_key(sendgrid_table, check),
+            webhook_tolerance=_duration(sendgrid_table, "delivery.sendgrid", "webhook_tolerance", "10m", check),
         ),
     )
+
+
+def _bounce_address(table: dict, check: _Collector) -> str | None:
+    """[delivery.smtp] bounce_address: a bare address whose local part can take a `+<signed id>` tag."""
+    value = check.typed(table, "delivery.smtp", "bounce_address", str, None)
+    if value is None:
+        return None
+    local, at, domain = value.strip().rpartition("@")
+    why = check_address(value.strip()) if at else None
+    if not at or "<" in value or "+" in local or why:
+        check.error("delivery.smtp.bounce_address", f"{value!r} must be a bare address without a '+' tag, like "
+                                                    "\"bounces@news.example.org\"" + (f" ({why})" if why else ""))
+        return None
+    return f"{local}@{domain.lower()}"
+
+
+def _webhook_key(table: dict, check: _Collector) -> str | None:
+    """[delivery.sendgrid] webhook_public_key: the base64 key SendGrid shows; checked now, not at the first post."""
+    value = check.typed(table, "delivery.sendgrid", "webhook_public_key", str, None)
+    if value is None:
+        return None
+    from .webhooks import load_public_key
+
+    try:
+        load_public_key(value)
+    except ValueError as err:
+        check.error("delivery.sendgrid.webhook_public_key", f"{err}; paste the key SendGrid shows under Settings, "
+                                                            "Mail Settings, Signed Event Webhook Requests")
+        return None
+    return "".join(value.split())

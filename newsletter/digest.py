@@ -7,8 +7,8 @@ code path as a send. What an issue carries is decided in `plan.py`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from email.utils import make_msgid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,9 +18,18 @@ from PIL import Image, UnidentifiedImageError
 
 from . import ledger
 from .config import Config, NewsletterConfig
-from .message import MessageTemplate, domain_of
+from .errors import Problem, RenderError
+from .message import AddressError, MessageTemplate, domain_of
 from .posts import Post
-from .render import Digest, IssueInfo, Recipient, render_digest, template_environment
+from .render import (
+    Digest,
+    IssueInfo,
+    Recipient,
+    check_html,
+    compile_templates,
+    render_digest,
+    template_environment,
+)
 from .select import Selection, group_sections
 from .store import Store
 from .subscribers import decode_categories
@@ -96,15 +105,20 @@ class Variants:
             return self._by_key[key]
         selection = Selection(tuple(subset), group_sections(subset, self.newsletter.categories),
                               self.record.reference_time, self.record.reference_time)
-        stored = ledger.load_variant(self.store, self.record.id, key) if self.store and self.record.id else None
-        if stored is not None:
-            digest = Digest(self.newsletter.id, self.issue_info, selection, stored.subject, stored.html,
-                            stored.text, ())
-        else:
+        keeps = self.store is not None and bool(self.record.id)
+        stored = ledger.load_variant(self.store, self.record.id, key) if keeps else None
+        digest = None
+        if stored is None:
             digest = render_digest(self.env, newsletter=self.newsletter, site=self.config.site,
                                    issue=self.issue_info, selection=selection, image_sizes=self.record.image_sizes)
-            if self.store and self.record.id:
-                ledger.save_variant(self.store, self.record.id, key, keys, digest.subject, digest.html, digest.text)
+            if keeps and not ledger.save_variant(self.store, self.record.id, key, keys, digest.subject, digest.html,
+                                                 digest.text):
+                # another process rendered and stored it at the same moment: theirs is the frozen one
+                stored, digest = ledger.load_variant(self.store, self.record.id, key), None
+        if digest is None:  # the frozen one; its checks are run again, so a resumed send still reports them
+            checks = tuple(check_html(stored.html, where=f"{self.newsletter.template}.html.j2"))
+            digest = Digest(self.newsletter.id, self.issue_info, selection, stored.subject, stored.html,
+                            stored.text, checks)
         self._by_key[key] = digest
         return digest
 
@@ -134,3 +148,31 @@ def compose(config: Config, digest: Digest, recipient: Recipient, now: datetime)
     template = MessageTemplate(digest, sender=config.delivery.from_addr, reply_to=config.delivery.reply_to,
                                list_id=(newsletter.title, newsletter.id), date=now)
     return template.render(recipient, make_msgid(domain=domain_of(config.delivery.from_addr)))
+
+
+def check_newsletters(config: Config, posts: Sequence[Post], now: datetime,
+                      newsletters: Sequence[NewsletterConfig] | None = None) -> list[Problem]:
+    """Render every newsletter's subject and templates against a sample issue (its newest posts, whatever their
+    age, for the sample recipient) and compose the message, as a send would: one Problem for each error, naming
+    the template and line. `check` reports them before a send plans an issue it cannot render. With no post to
+    show, the templates and subject are only compiled, since a send never renders an empty issue. Every
+    template with a syntax error is reported; the others are rendered only when none has one."""
+    from .plan import plan_issue
+
+    env = template_environment(config.templates)
+    recipient = sample_recipient(config)
+    since = min((post.date for post in posts), default=now) - timedelta(seconds=1)
+    found: list[Problem] = []
+    for newsletter in config.newsletters.values() if newsletters is None else newsletters:
+        plan = plan_issue(config, newsletter, posts, now, since=since)
+        errors: list[Exception] = list(compile_templates(env, newsletter))
+        if not errors and plan.selection.posts:
+            try:
+                compose(config, render_plan(config, plan, env), recipient, now)
+            except (RenderError, AddressError) as err:
+                errors.append(err)
+        for err in errors:
+            problem = Problem(config.where, str(err))
+            if problem not in found:  # a template shared by several newsletters is reported once
+                found.append(problem)
+    return found

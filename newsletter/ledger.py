@@ -15,6 +15,7 @@ import os
 import random
 import secrets
 import socket
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,7 +39,8 @@ from .store import (
 
 DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "unknown", "skipped")
 FINAL = ("sent", "failed", "skipped")
-LEASE_SECONDS = 120
+#: How long a lease lasts unless renewed; its holder renews it every quarter of that while it works.
+LEASE_SECONDS = 60
 
 
 class SendBusy(NewsletterError):
@@ -167,14 +169,43 @@ def record_issue(store: Store, *, newsletter: str, period: str, number: int, pos
     return find_issue(store, newsletter, period), True
 
 
+def _start_time(pid: int | str) -> str:
+    """When a process started (clock ticks since boot), so that a reused pid is not mistaken for its owner."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def lease_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """This process's name on a lease: `host:pid`, then what tells it apart from a process with the same host
+    name and pid in another container (the pid namespace and start time), then a random part."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}|{_pid_namespace()}|{_start_time(pid)}|{secrets.token_hex(4)}"
+
+
+def owner_label(owner: str) -> str:
+    """The `host:pid` part of a lease owner, for messages."""
+    return owner.split("|", 1)[0]
 
 
 def _owner_is_dead(owner: str) -> bool:
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    """Whether the owner is certainly gone: only decided for a process of this host and pid namespace whose
+    pid no longer runs (or now belongs to a process that started later). Anything else counts as alive until
+    its lease expires, since its heartbeat keeps the lease while it lives."""
+    label, _, rest = owner.partition("|")
+    namespace, _, rest = rest.partition("|")
+    started = rest.partition("|")[0]
+    host, _, pid = label.rpartition(":")
+    if host != socket.gethostname() or not namespace or namespace != _pid_namespace() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -182,7 +213,7 @@ def _owner_is_dead(owner: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return bool(started) and _start_time(pid) not in ("", started)
 
 
 def acquire_lease(store: Store, issue_id: int, owner: str) -> None:
@@ -192,11 +223,11 @@ def acquire_lease(store: Store, issue_id: int, owner: str) -> None:
         with store.engine.begin() as conn:
             row = conn.execute(sa.select(issues.c.lease_owner, issues.c.lease_expires)
                                .where(issues.c.id == issue_id)).one()
-            held, expires = row.lease_owner, as_utc(row.lease_expires)
+            held, expires = row.lease_owner, row.lease_expires
             if held and expires and expires > now and not _owner_is_dead(held):
                 left = int((expires - now).total_seconds())
-                raise SendBusy(f"issue {issue_id} is being sent by {held.rsplit(':', 1)[0]} (host:pid); "
-                               f"its lease ends within {left} s if that process has died")
+                raise SendBusy(f"issue {issue_id} is being sent by {owner_label(held)} (host:pid); if that process "
+                               f"has died, its lease ends within {left} s")
             same = issues.c.lease_owner.is_(None) if held is None else issues.c.lease_owner == held
             taken = conn.execute(issues.update().where((issues.c.id == issue_id) & same).values(
                 lease_owner=owner, lease_expires=now + timedelta(seconds=LEASE_SECONDS))).rowcount
@@ -217,6 +248,40 @@ def release_lease(store: Store, issue_id: int, owner: str) -> None:
     with store.engine.begin() as conn:
         conn.execute(issues.update().where((issues.c.id == issue_id) & (issues.c.lease_owner == owner))
                      .values(lease_owner=None, lease_expires=None))
+
+
+class Heartbeat:
+    """Renews a lease from a background thread while its owner works, so that a long provider call or backoff
+    never lets the lease lapse; `check()` raises LeaseLost once another process has taken it."""
+
+    def __init__(self, store: Store, issue_id: int, owner: str, every: float | None = None):
+        self.store, self.issue_id, self.owner = store, issue_id, owner
+        self.every = every if every is not None else LEASE_SECONDS / 4
+        self.lost: LeaseLost | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{issue_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                renew_lease(self.store, self.issue_id, self.owner)
+            except LeaseLost as err:
+                self.lost = err
+                return
+            except sa.exc.SQLAlchemyError:
+                continue  # the database is busy or away for a moment; the lease still has time to run
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise self.lost
 
 
 def recover_in_flight(store: Store, issue_id: int) -> int:
@@ -280,6 +345,27 @@ def claim(store: Store, issue_id: int, newsletter: str, limit: int, token: str,
                        & (subscriptions.c.newsletter == newsletter))
             .where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)).all()
     return [Claimed(*row) for row in rows]
+
+
+def unreachable(store: Store, newsletter: str, delivery_ids: list[int]) -> dict[int, str]:
+    """Of these deliveries, those whose subscriber may no longer be sent to, with the reason: read right before
+    each provider call, so that someone who left while a batch waited (a backoff can last minutes) is skipped."""
+    if not delivery_ids:
+        return {}
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(deliveries.c.id, subscribers.c.status, subscriptions.c.subscriber_id)
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .outerjoin(subscriptions, (subscriptions.c.subscriber_id == deliveries.c.subscriber_id)
+                       & (subscriptions.c.newsletter == newsletter))
+            .where(deliveries.c.id.in_(delivery_ids))).all()
+    gone = {}
+    for delivery_id, status, subscribed in rows:
+        if status != "active":
+            gone[delivery_id] = f"{status} after the issue was planned"
+        elif subscribed is None:
+            gone[delivery_id] = "no longer subscribed to this newsletter"
+    return gone
 
 
 def mark(store: Store, marks: list[Mark], *, max_attempts: int, retry_delay: float) -> list[Mark]:
@@ -355,14 +441,25 @@ def list_issues(store: Store) -> list[dict]:
     """Every issue with its counts per delivery status, newest first."""
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(issues.c.id, issues.c.newsletter, issues.c.period, issues.c.number,
-                                      issues.c.status).order_by(issues.c.id.desc())).all()
+                                      issues.c.status, issues.c.lease_owner, issues.c.lease_expires)
+                            .order_by(issues.c.id.desc())).all()
         tallies = conn.execute(sa.select(deliveries.c.issue_id, deliveries.c.status, sa.func.count())
                                .group_by(deliveries.c.issue_id, deliveries.c.status)).all()
     by_issue: dict[int, dict[str, int]] = {}
     for issue_id, status, n in tallies:
         by_issue.setdefault(issue_id, {})[status] = n
-    return [{"id": r.id, "newsletter": r.newsletter, "period": r.period, "number": r.number, "status": r.status,
-             "counts": by_issue.get(r.id, {})} for r in rows]
+    now = utcnow()
+    return [{"id": r.id, "newsletter": r.newsletter, "period": r.period, "number": r.number,
+             "status": _issue_state(r.status, r.lease_owner, r.lease_expires, now), "counts": by_issue.get(r.id, {})}
+            for r in rows]
+
+
+def _issue_state(status: str, owner: str | None, expires: datetime | None, now: datetime) -> str:
+    """What `status` shows: `sending` only while a process holds the lease; an issue whose send was cut short
+    is `unfinished` (the next send of that newsletter resumes it first)."""
+    if status == "sending" and not (owner and expires and expires > now):
+        return "unfinished"
+    return status
 
 
 def open_deliveries(store: Store, issue_id: int) -> list[dict]:
@@ -388,13 +485,16 @@ def audience(store: Store, newsletter: str) -> list[tuple[str, int]]:
 
 
 def save_variant(store: Store, issue_id: int, key: str, post_keys: list[str], subject: str, html: str,
-                 text: str) -> None:
+                 text: str) -> bool:
+    """Keep a rendered variant with its issue; False when another process stored it first (theirs is then
+    the frozen one, and the caller must use it)."""
     try:
         with store.engine.begin() as conn:
             conn.execute(variants.insert().values(issue_id=issue_id, key=key, post_keys=json.dumps(post_keys),
                                                   subject=subject, html=html, text=text))
     except IntegrityError:
-        pass  # rendered and stored by another run already; theirs is the frozen one
+        return False
+    return True
 
 
 def load_variant(store: Store, issue_id: int, key: str) -> sa.Row | None:

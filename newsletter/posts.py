@@ -9,15 +9,16 @@ for Markdown and sanitising.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import frontmatter
 import yaml
@@ -34,6 +35,14 @@ DATED_NAME = re.compile(r"^(\d{2,4}-\d{1,2}-\d{1,2})-([^/]*)(\.[^.]+)$")
 FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 _LINK_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:.+$", re.MULTILINE)
 _YAML = frontmatter.YAMLHandler()
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# What one post's front matter may grow to: values once aliases are expanded, and levels of nesting. Far beyond
+# any real post; a few hundred bytes of nested aliases ("billion laughs") would otherwise expand to gigabytes.
+MAX_VALUES = 10_000
+MAX_DEPTH = 64
+# What a YAML value's constructor raises on a well-formed but impossible scalar (2025-02-30, hour 25, an offset
+# past 24 hours, !!int on a word, a 5,000-digit number): not a YAMLError, so caught on its own.
+_CONSTRUCTION_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
 
 
 class PostError(Exception):
@@ -42,6 +51,103 @@ class PostError(Exception):
     def __init__(self, message: str, line: int | None = None):
         super().__init__(message)
         self.line = line
+
+
+class PostWarning(PostError):
+    """Something wrong in a post that is read all the same (a field left out or replaced); not raised."""
+
+
+class _BoundedLoader(_LOADER):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing a document whose aliases expand past MAX_VALUES values, that nests deeper
+    than MAX_DEPTH, or that contains itself; checked on the composed nodes, before anything is built."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_bounds(node)
+        return self.construct_document(node)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_bounds(root: yaml.Node) -> None:
+    """Count values as if every alias were written out, and levels of nesting, in time linear in the nodes
+    (a node an alias shares is measured once); raise a ConstructorError at the node that passes a bound."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth)
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            open_nodes.discard(id(node))
+            below = [measured[id(child)] for child in _children(node)]
+            values, depth = 1 + sum(v for v, _ in below), 1 + max((d for _, d in below), default=0)
+            if values > MAX_VALUES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"aliases expand it to more than {MAX_VALUES:,} values; write the values out",
+                    node.start_mark)
+            if depth > MAX_DEPTH:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", node.start_mark)
+            measured[id(node)] = (values, depth)
+            continue
+        if id(node) in measured:
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in open_nodes:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "an alias refers to a value that contains it, so the value never ends",
+                    child.start_mark)
+            stack.append((child, False))
+
+
+def _may_exceed_bounds(text: str) -> bool:
+    """Whether a front matter could break a bound: only aliases (`*name`) expand, and every level of nesting
+    takes one of these characters, so most posts skip the check."""
+    if "*" in text:
+        return True
+    return text.count(":") + text.count("-") + text.count("[") + text.count("{") + text.count("?") > MAX_DEPTH
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _BoundedLoader if _may_exceed_bounds(text) else _LOADER
+    try:
+        return _YAML.load(text, Loader=loader)
+    except _CONSTRUCTION_ERRORS as err:
+        raise _impossible_value(text, err) from err
+
+
+def _impossible_value(text: str, err: Exception) -> PostError:
+    """Name the scalar a constructor refused (the error itself says neither which nor where)."""
+    loader = _LOADER(text)
+    try:
+        stack = [loader.get_single_node()]
+        while stack:
+            node = stack.pop()
+            if node is None:
+                continue
+            if isinstance(node, yaml.ScalarNode):
+                try:
+                    loader.construct_object(node)
+                except _CONSTRUCTION_ERRORS as bad:
+                    kind = "date" if node.tag.endswith(":timestamp") else "value"
+                    reason = str(bad) if isinstance(bad, ValueError) else f"not a valid {node.tag.rsplit(':')[-1]}"
+                    if "offset must be a timedelta" in reason:
+                        reason = "the offset from UTC must be less than 24 hours"
+                    shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
+                    message = f"invalid {kind} {shown!r} in front matter: {reason}"
+                    return PostError(message, node.start_mark.line + 2)
+            stack.extend(reversed(_children(node)))
+    finally:
+        loader.dispose()
+    return PostError(f"invalid YAML front matter: {err}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +184,7 @@ class Post:
             "categories": list(self.categories), "tags": list(self.tags), "author": self.author,
             "image": self.image, "image_alt": self.image_alt, "image_path": self.image_path,
             "excerpt_source": self.excerpt_source, "excerpt_is_html": self.excerpt_is_html,
-            "data": json.loads(json.dumps(self.data, default=str)), "url": self.url, "base_url": self.base_url,
+            "data": _json_ready(self.data), "url": self.url, "base_url": self.base_url,
         }  # fmt: skip
 
     @classmethod
@@ -138,6 +244,20 @@ class Post:
         }
 
 
+def _json_ready(value: Any) -> Any:
+    """A front matter as JSON values: keys as strings (YAML allows dates and numbers), anything else not JSON
+    as its text. The nesting is bounded when the post is read."""
+    if isinstance(value, dict):
+        return {_ruby_str(k) if not isinstance(k, str) else k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_json_ready(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return value
+    return str(value)
+
+
 def split_front_matter(raw: bytes) -> tuple[dict[str, Any], str]:
     """Decode a post and split it as Jekyll does: (front matter, content).
 
@@ -156,7 +276,7 @@ def split_front_matter(raw: bytes) -> tuple[dict[str, Any], str]:
     if not match:
         return {}, text
     try:
-        data = _YAML.load(match.group(1)) or {}
+        data = _load_yaml(match.group(1)) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 2 if mark is not None else None
@@ -176,50 +296,124 @@ def _ruby_str(value: Any) -> str:
     return str(value)
 
 
-def _values(value: Any, split: bool) -> list[Any]:
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    names = {list: "list", dict: "mapping", set: "set", bytes: "binary value"}
+    return names.get(type(value), type(value).__name__)
+
+
+# Values a front-matter field that is text may hold; YAML dates and numbers read as Jekyll prints them.
+_SCALARS = (str, int, float, bool, date)
+
+
+@dataclass
+class _Notes:
+    """The warnings about one post's fields, each at the line of its key when the key is in the file."""
+
+    line_of: Callable[[str], int | None]
+    warnings: list[PostWarning] = field(default_factory=list)
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(PostWarning(message, self.line_of(key)))
+
+    def text(self, data: dict[str, Any], key: str, instead: str) -> str | None:
+        """The field as text; None when it is missing, or a list or map (warning what is used `instead`)."""
+        value = data.get(key)
+        if value is None or isinstance(value, _SCALARS):
+            return None if value is None else _ruby_str(value)
+        self.warn(key, f"{key} is a {_kind(value)} ({_shown(value)}), not text; {instead}")
+        return None
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Jekyll's Utils.deep_merge_hashes: `over` wins, except where its value is null, and mappings under the
+    same key are merged key by key."""
+    merged = dict(base)
+    for key, value in over.items():
+        if key in merged:
+            if value is None:
+                continue
+            if isinstance(value, dict) and isinstance(merged[key], dict):
+                value = deep_merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _listed(value: Any) -> list[Any]:
+    return value.split() if isinstance(value, str) else value if isinstance(value, list) else [value]
+
+
+def _with_defaults(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """The front matter over the defaults, as Document#merge_data! does: deep-merged, except that categories
+    from both are kept (the defaults' first)."""
+    if not defaults:
+        return data
+    merged = deep_merge(defaults, data)
+    if data.get("categories") is not None and defaults.get("categories") is not None:
+        union: list[Any] = []
+        for value in _listed(defaults["categories"]) + _listed(data["categories"]):
+            if value not in union:
+                union.append(value)
+        merged["categories"] = union
+    return merged
+
+
+def _values(value: Any, split: bool, key: str, notes: _Notes) -> list[Any]:
+    """The names a categories or tags field lists (lists flattened, a string split on spaces when `split`);
+    a mapping or other non-name among them is left out with a warning."""
     if value is None:
         return []
     if isinstance(value, str):
         return value.split() if split else [value]
-    if isinstance(value, list):
-        flat: list[Any] = []
-        for item in value:
-            flat.extend(_values(item, False) if isinstance(item, list) else [] if item is None else [item])
-        return flat
-    return [value]
+    if not isinstance(value, list):
+        if isinstance(value, _SCALARS):
+            return [value]
+        notes.warn(key, f"{key} is a {_kind(value)} ({_shown(value)}), not a list of names; it is left out")
+        return []
+    flat: list[Any] = []
+    for item in value:
+        if isinstance(item, list):
+            flat.extend(_values(item, False, key, notes))
+        elif isinstance(item, _SCALARS):
+            flat.append(item)
+        elif item is not None:
+            notes.warn(key, f"{key} lists a {_kind(item)} ({_shown(item)}), not a name; it is left out")
+    return flat
 
 
-def _categories(data: dict[str, Any], folders: list[str]) -> tuple[str, ...]:
+def _categories(data: dict[str, Any], folders: list[str], notes: _Notes) -> tuple[str, ...]:
+    plural = _values(data.get("categories"), True, "categories", notes)
     merged = list(folders)
-    for value in _values(data.get("categories"), split=True):
+    for value in plural:
         if value not in merged:
             merged.append(value)
-    extra = data.get("category") if data.get("category") is not None else data.get("categories")
-    merged += _values(extra, split="category" not in data or data.get("category") is None)
+    if data.get("category") is not None:
+        merged += _values(data["category"], False, "category", notes)
+    else:
+        merged += plural
     return tuple(dict.fromkeys(_ruby_str(v) for v in merged))
 
 
-def _tags(data: dict[str, Any]) -> tuple[str, ...]:
+def _tags(data: dict[str, Any], notes: _Notes) -> tuple[str, ...]:
     if data.get("tag") is not None:
-        return tuple(_ruby_str(v) for v in _values(data["tag"], split=False))
-    return tuple(_ruby_str(v) for v in _values(data.get("tags"), split=True))
+        return tuple(_ruby_str(v) for v in _values(data["tag"], False, "tag", notes))
+    return tuple(_ruby_str(v) for v in _values(data.get("tags"), True, "tags", notes))
 
 
 def _post_date(data: dict[str, Any], name_date: str | None, site: SiteConfig, line_of: Any) -> datetime:
     value = data.get("date")
     if value:
-        if isinstance(value, datetime) and value.tzinfo is None and site.is_jekyll:
-            # Jekyll's YAML reader takes an unquoted timestamp without an offset as UTC (seen in Jekyll 4.3),
-            # and its post.url uses that instant; links must match, so the reader does the same.
-            return value.replace(tzinfo=timezone.utc).astimezone(site.timezone)
-        if isinstance(value, (datetime, date)):
-            return localize(value, site.timezone)
-        if isinstance(value, str):
-            try:
-                return parse_moment(value, site.timezone)
-            except ValueError:
-                pass
-        raise PostError(f"invalid date {value!r} in front matter; write it like 2025-07-22T12:00:26", line_of("date"))
+        try:
+            return _front_matter_date(value, site)
+        except OverflowError as err:  # near year 1 or 9999, the instant has no place in the site's zone
+            raise PostError(f"invalid date {value} in front matter: {err}", line_of("date")) from err
+        except ValueError:
+            raise PostError(f"invalid date {_shown(value)} in front matter; write it like 2025-07-22T12:00:26",
+                            line_of("date")) from None
     if name_date is None:
         raise PostError("no date: add `date:` to the front matter or name the file YYYY-MM-DD-slug.md")
     try:
@@ -229,7 +423,19 @@ def _post_date(data: dict[str, Any], name_date: str | None, site: SiteConfig, li
         raise PostError(f"invalid date {name_date!r} in the file name: {err}") from err
 
 
-def _line_finder(raw: bytes) -> Any:
+def _front_matter_date(value: Any, site: SiteConfig) -> datetime:
+    if isinstance(value, datetime) and value.tzinfo is None and site.is_jekyll:
+        # Jekyll's YAML reader takes an unquoted timestamp without an offset as UTC (seen in Jekyll 4.3), and
+        # its post.url uses that instant; links must match, so the reader does the same.
+        return value.replace(tzinfo=timezone.utc).astimezone(site.timezone)
+    if isinstance(value, (datetime, date)):
+        return localize(value, site.timezone)
+    if isinstance(value, str):
+        return parse_moment(value, site.timezone)
+    raise ValueError(value)
+
+
+def _line_finder(raw: bytes) -> Callable[[str], int | None]:
     """A function giving the line of a top-level front-matter key, computed only when an error needs it."""
 
     def line_of(key: str) -> int | None:
@@ -242,39 +448,67 @@ def _line_finder(raw: bytes) -> Any:
     return line_of
 
 
-def _image(data: dict[str, Any], site: SiteConfig) -> tuple[str | None, str | None, str | None]:
-    """(absolute URL, alt text, path inside the site when the image is a site file) of the post's image."""
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+
+
+def _image(data: dict[str, Any], site: SiteConfig, notes: _Notes) -> tuple[str | None, str | None, str | None]:
+    """(absolute URL, alt text, path inside the site when the image is a site file) of the post's image.
+
+    Only http and https images leave the reader (a relative one made absolute against the site): any other
+    scheme (javascript:, data:, file:...) is dropped with a warning naming it."""
     value = data.get("image")
-    alt = data.get("image_alt")
+    alt = notes.text(data, "image_alt", "the image has no alt text of its own")
     if isinstance(value, dict):
-        alt = value.get("alt", alt)
+        alt = notes.text(value, "alt", "the image has no alt text of its own") if "alt" in value else alt
         value = value.get("path") or value.get("url")
-    if not value or not isinstance(value, str):
+    if not value:
+        return None, None, None
+    if not isinstance(value, str):
+        notes.warn("image", f"image is a {_kind(value)} ({_shown(value)}), not a URL or path; the post has no "
+                            "image")
         return None, None, None
     value = value.strip()
-    alt_text = _ruby_str(alt) if alt is not None else None
     if value.startswith("//"):
-        return "https:" + value, alt_text, None
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value):
-        return value, alt_text, None
+        value = "https:" + value
+    if scheme := _SCHEME.match(value):
+        if scheme.group(1).lower() not in ("http", "https"):
+            notes.warn("image", f"image uses the {scheme.group(1).lower()}: scheme, which is never sent (only "
+                                "http and https images are); the post has no image")
+            return None, None, None
+        if not urlsplit(value).netloc:
+            notes.warn("image", f"image {_shown(value)} has no host; the post has no image")
+            return None, None, None
+        return value, alt, None
     # As Jekyll's absolute_url filter: url + baseurl + the path, with a leading slash or not.
     relative = posixpath.normpath("/" + value).lstrip("/")
-    return site.absolute_base + "/" + permalink.escape_path(relative), alt_text, relative
+    return site.absolute_base + "/" + permalink.escape_path(relative), alt, relative
 
 
-def _author(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("name") or value.get("display_name")
-    if isinstance(value, list):
-        return ", ".join(_ruby_str(v) for v in value if v is not None) or None
-    return _ruby_str(value) if value not in (None, "") else None
+def _author(value: Any, notes: _Notes) -> str | None:
+    """A name, a list of names (joined), or a mapping with `name` or `display_name` (or a list of those)."""
+    names = value if isinstance(value, list) else [value]
+    found = []
+    for item in names:
+        if isinstance(item, dict):
+            item = item.get("name") or item.get("display_name")
+        if item is None or item == "":
+            continue
+        if not isinstance(item, _SCALARS):
+            notes.warn("author", f"author has a {_kind(item)} ({_shown(item)}) where a name should be; it is "
+                                 "left out")
+            continue
+        found.append(_ruby_str(item))
+    return ", ".join(found) or None
 
 
-def _excerpt_source(data: dict[str, Any], content: str, site: SiteConfig) -> str:
-    if data.get("excerpt") is not None:
-        return _ruby_str(data["excerpt"])
-    separator = data.get("excerpt_separator") or site.excerpt_separator
-    separator = str(separator).replace("\r\n", "\n")
+def _excerpt_source(data: dict[str, Any], content: str, site: SiteConfig, notes: _Notes) -> str:
+    own = notes.text(data, "excerpt", "the excerpt is taken from the post")
+    if own is not None:
+        return own
+    separator = notes.text(data, "excerpt_separator", "the site's excerpt separator is used")
+    separator = (separator or site.excerpt_separator).replace("\r\n", "\n")
+    if not separator:
+        return content
     head, found, tail = content.partition(separator)
     if not found or not tail:
         return head
@@ -282,36 +516,39 @@ def _excerpt_source(data: dict[str, Any], content: str, site: SiteConfig) -> str
     return head + ("\n\n" + "\n".join(definitions) if definitions else "")
 
 
+def _slug_title(name_slug: str) -> str:
+    words = name_slug.split("-")
+    while words and not words[-1]:
+        words.pop()
+    return " ".join(word.capitalize() for word in words)
+
+
 def read_post(
-    path: Path, relative: str, site: SiteConfig, folders: list[str]
-) -> Post | None:
-    """Read one post file; None when it is not published (a draft or `published: false`)."""
+    path: Path, relative: str, site: SiteConfig, folders: list[str], defaults: dict[str, Any] | None = None
+) -> tuple[Post | None, list[PostWarning]]:
+    """Read one post file, with the front-matter `defaults` that apply to it beneath its own front matter.
+
+    Returns the post, None when it is not published (a draft or `published: false`), and warnings about fields
+    that were left out or replaced; raises PostError when the post cannot be read at all.
+    """
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise PostError(f"cannot be read: {err.strerror}") from err
-    data, content = split_front_matter(raw)
-    for prefix, values in site.defaults:
-        if not prefix or relative == prefix or relative.startswith(prefix + "/"):
-            data = {**values, **data}
+    own, content = split_front_matter(raw)
+    data = _with_defaults(defaults or {}, own)
     if data.get("published") is False or (not site.is_jekyll and data.get("draft") is True):
-        return None
-    line_of = _line_finder(raw)
+        return None, []
+    notes = _Notes(_line_finder(raw))
     name = path.name
     ext = os.path.splitext(name)[1]
     dated = DATED_NAME.match(name)
     name_date, name_slug = (dated.group(1), dated.group(2)) if dated else (None, os.path.splitext(name)[0])
     name_slug = name_slug.rstrip(".")
-    when = _post_date(data, name_date, site, line_of)
-    slug = _ruby_str(data["slug"]) if data.get("slug") is not None else name_slug
-    if data.get("title") is not None:
-        title = _ruby_str(data["title"])
-    else:
-        words = name_slug.split("-")
-        while words and not words[-1]:
-            words.pop()
-        title = " ".join(word.capitalize() for word in words)
-    categories = _categories(data, folders)
+    when = _post_date(data, name_date, site, notes.line_of)
+    slug = notes.text(data, "slug", "the file name's slug is used") or name_slug
+    title = notes.text(data, "title", "the title is made from the file name")
+    categories = _categories(data, folders, notes)
     values = permalink.UrlValues(
         date=when,
         slug=slug,
@@ -320,28 +557,30 @@ def read_post(
         output_ext=".html",
         path=relative,
     )
-    template = str(data.get("permalink") or permalink.template_for(site.permalink))
-    if data.get("permalink"):
+    own_template = notes.text(data, "permalink", "the site's permalink is used")
+    template = own_template or permalink.template_for(site.permalink)
+    if own_template:
         try:
             permalink.generate(template, values)
         except ValueError as err:
-            raise PostError(str(err), line_of("permalink")) from err
-    image, image_alt, image_path = _image(data, site)
-    return Post(
+            raise PostError(str(err), notes.line_of("permalink")) from err
+    image, image_alt, image_path = _image(data, site, notes)
+    post = Post(
         path=relative,
         date=when,
-        title=title,
+        title=title if title is not None else _slug_title(name_slug),
         slug=slug,
         categories=categories,
-        tags=_tags(data),
-        author=_author(data.get("author")),
+        tags=_tags(data, notes),
+        author=_author(data.get("author"), notes),
         image=image,
         image_alt=image_alt,
         image_path=image_path,
-        excerpt_source=_excerpt_source(data, content, site),
+        excerpt_source=_excerpt_source(data, content, site, notes),
         excerpt_is_html=ext.lower() == ".html",
         data=data,
         url_template=template,
         url_values=values,
         base_url=site.absolute_base,
     )
+    return post, notes.warnings

@@ -3,6 +3,13 @@
 A digest is rendered and inlined once per distinct variant; the personal fields (the subscriber's name and
 address, the unsubscribe and preferences links) are left as markers and filled in afterwards by `personalise`,
 escaped for their context, so that premailer never runs once per subscriber.
+
+Content never becomes a personal field. The templates see each personal field as a placeholder made with a
+random word for this one rendering, which no post can guess; once the output is complete, any marker-like text
+in it (which can only have come from content: a title, an excerpt, the front matter, the configuration) is
+neutralised with an invisible WORD JOINER, and only then do the placeholders become the markers `personalise`
+fills in. Templates and the subject run in Jinja's sandbox: they can read the names the README lists, never
+Python's internals, the environment or the shell.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ from __future__ import annotations
 import html
 import logging
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 from lxml import html as lxml_html
 from markupsafe import Markup
 from premailer import Premailer
@@ -27,7 +36,11 @@ BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 GMAIL_CLIP_BYTES = 102 * 1024
 STYLE_LIMIT_BYTES = 16 * 1024
 PERSONAL_FIELDS = ("name", "email", "unsubscribe_url", "preferences_url")
-_MARKER = re.compile(r"XNLFIELD([a-z_]+)XNLEND")
+_MARKER = re.compile(r"XNLFIELD(" + "|".join(PERSONAL_FIELDS) + r")XNLEND")
+#: What a provider fills in per recipient: our markers, and the substitution tags of sendgrid.py (%nl_...%).
+#: Found in rendered output before the placeholders are turned into markers, they came from content.
+_MARKER_LIKE = re.compile(r"XNLFIELD|%nl_", re.IGNORECASE)
+WORD_JOINER = "\u2060"
 
 
 def marker(field: str) -> str:
@@ -76,9 +89,10 @@ class Personal:
 
 
 def template_environment(templates: Path) -> jinja2.Environment:
-    """A Jinja2 environment over the user's templates folder, then the bundled one; HTML is autoescaped."""
+    """A sandboxed Jinja2 environment over the user's templates folder, then the bundled one; HTML is
+    autoescaped."""
     search = [str(templates)] + ([str(BUILTIN_TEMPLATES)] if BUILTIN_TEMPLATES != templates else [])
-    env = jinja2.Environment(
+    env = jinja2.sandbox.SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(search),
         autoescape=lambda name: name is None or not name.endswith((".txt.j2", ".txt")),
         undefined=jinja2.StrictUndefined,
@@ -135,28 +149,80 @@ def _context(newsletter: Any, site: Any, issue: IssueInfo, selection: Selection,
             {"category": section.category, "posts": [by_key[p.key] for p in section.posts]}
             for section in selection.sections
         ],
-        "subscriber": {"name": marker("name"), "email": marker("email")},
-        "unsubscribe_url": marker("unsubscribe_url"),
-        "preferences_url": marker("preferences_url"),
     }
+
+
+def _placeholder(nonce: str, field: str) -> str:
+    return f"XNLRAW{nonce}{field}XNLEND"
+
+
+def _with_placeholders(context: dict, nonce: str) -> dict:
+    return {
+        **context,
+        "subscriber": {"name": _placeholder(nonce, "name"), "email": _placeholder(nonce, "email")},
+        "unsubscribe_url": _placeholder(nonce, "unsubscribe_url"),
+        "preferences_url": _placeholder(nonce, "preferences_url"),
+    }
+
+
+def _seal(output: str, nonce: str, where: str) -> str:
+    """Neutralise marker-like text (it came from content), then turn this rendering's placeholders into the
+    markers `personalise` fills in."""
+    output = _MARKER_LIKE.sub(lambda m: m.group(0)[:1] + WORD_JOINER + m.group(0)[1:], output)
+    output = re.sub(f"XNLRAW{nonce}(" + "|".join(PERSONAL_FIELDS) + ")XNLEND", lambda m: marker(m.group(1)),
+                    output)
+    if nonce.lower() in output.lower():
+        raise RenderError(f"{where}: a personal field (subscriber.name, subscriber.email, unsubscribe_url, "
+                          "preferences_url) went through a filter or test; use it as it is, like "
+                          "{{ subscriber.email }}: it is filled in after rendering")
+    return output
+
+
+def _template_line(err: BaseException) -> tuple[str | None, int | None]:
+    """The template file and line an exception was raised at, from the frames Jinja puts in the traceback
+    for template code (the deepest one, so an included template is named rather than its includer)."""
+    found: tuple[str | None, int | None] = (None, None)
+    tb = err.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.endswith(".py"):
+            found = (None if filename == "<template>" else filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def _template_error(err: Exception, name: str, searchpath: str | None = None) -> RenderError:
+    """A RenderError naming the template, its line when known, and how to fix what went wrong."""
+    if isinstance(err, jinja2.TemplateNotFound):
+        return RenderError(f"template {err.name!r} not found in {searchpath}")
+    if isinstance(err, jinja2.TemplateSyntaxError):
+        return RenderError(f"{err.filename or name}:{err.lineno}: template syntax error: {err.message}")
+    filename, line = _template_line(err)
+    where = f"{filename or name}:{line}" if line else name
+    if isinstance(err, jinja2.sandbox.SecurityError):
+        return RenderError(f"{where}: unsafe, refused by the template sandbox: {str(err).rstrip('.')}; templates "
+                           "may only use the names listed in the README")
+    if isinstance(err, jinja2.UndefinedError):
+        return RenderError(f"{where}: {err.message}; see the README for the names templates can use")
+    return RenderError(f"{where}: {type(err).__name__}: {err}")
 
 
 def _render(env: jinja2.Environment, name: str, context: dict) -> str:
     try:
         return env.get_template(name).render(context)
-    except jinja2.TemplateNotFound as err:
-        raise RenderError(f"template {err.name!r} not found in {env.loader.searchpath[0]}") from err
-    except jinja2.TemplateSyntaxError as err:
-        raise RenderError(f"{err.filename or name}:{err.lineno}: template syntax error: {err.message}") from err
-    except jinja2.UndefinedError as err:
-        raise RenderError(f"{name}: {err.message}; see the README for the names templates can use") from err
+    except Exception as err:
+        raise _template_error(err, name, env.loader.searchpath[0]) from err
 
 
-def render_subject(template: str, context: dict) -> str:
+_SUBJECT_ENV = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+
+
+def render_subject(template: str, context: dict, name: str = "subject") -> str:
+    """Render a `subject` template in the sandbox; `name` says where it comes from, for errors."""
     try:
-        return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template).render(context)
-    except jinja2.TemplateError as err:
-        raise RenderError(f"the subject template {template!r} failed: {err}") from err
+        return _SUBJECT_ENV.from_string(template).render(context)
+    except Exception as err:
+        raise _template_error(err, name) from err
 
 
 _IMPORT_RULE = re.compile(r"@import\s+[^;]*;?", re.IGNORECASE)
@@ -195,6 +261,28 @@ def inline_css(document: str) -> str:
     ).transform()
 
 
+def subject_where(newsletter: Any) -> str:
+    """How errors name a newsletter's subject template: by its config key."""
+    return f"newsletters.{newsletter.id}.subject"
+
+
+def compile_templates(env: jinja2.Environment, newsletter: Any) -> list[RenderError]:
+    """Load and compile a newsletter's templates and subject without rendering them: an error for each one
+    with a syntax error or missing."""
+    errors = []
+    for name in (f"{newsletter.template}.html.j2", f"{newsletter.template}.txt.j2", None):
+        try:
+            if name is None:
+                _SUBJECT_ENV.from_string(newsletter.subject)
+            else:
+                env.get_template(name)
+        except Exception as err:
+            error = _template_error(err, name or subject_where(newsletter), env.loader.searchpath[0])
+            error.__cause__ = err
+            errors.append(error)
+    return errors
+
+
 def render_digest(
     env: jinja2.Environment,
     *,
@@ -205,10 +293,13 @@ def render_digest(
     image_sizes: dict[str, tuple[int, int]],
 ) -> Digest:
     """Render the HTML and text templates and the subject for one variant, inline its CSS and check it."""
-    context = _context(newsletter, site, issue, selection, image_sizes)
-    document = inline_css(_render(env, f"{newsletter.template}.html.j2", context))
-    text = _render(env, f"{newsletter.template}.txt.j2", context)
-    subject = render_subject(newsletter.subject, context)
+    nonce = secrets.token_hex(8)
+    context = _with_placeholders(_context(newsletter, site, issue, selection, image_sizes), nonce)
+    html_name, text_name = f"{newsletter.template}.html.j2", f"{newsletter.template}.txt.j2"
+    subject_name = subject_where(newsletter)
+    document = _seal(inline_css(_render(env, html_name, context)), nonce, html_name)
+    text = _seal(_render(env, text_name, context), nonce, text_name)
+    subject = _seal(render_subject(newsletter.subject, context, subject_name), nonce, subject_name)
     checks = check_html(document, where=f"{newsletter.template}.html.j2")
     return Digest(newsletter.id, issue, selection, subject, document, text, tuple(checks))
 
@@ -243,7 +334,7 @@ def personalise(digest: Digest, recipient: Recipient) -> Personal:
     values = {field: str(getattr(recipient, field) or "") for field in PERSONAL_FIELDS}
 
     def fill(escape: Any) -> Any:
-        return lambda match: escape(values.get(match.group(1), ""))
+        return lambda match: escape(values[match.group(1)])
 
     return Personal(
         subject=_header_safe(_MARKER.sub(fill(_header_safe), digest.subject)),

@@ -1,22 +1,25 @@
 """Reading the site: every post of the configured site at a moment, newest first, with the problems found.
 
 The one place the CLI, the send, the scheduler and the web app read a site through. It walks the folders as
-Jekyll does (any `_posts/`, never `_drafts/`, nor what `exclude` lists) and hands each file to the reader in
-`posts.py`; a post that cannot be read is reported and skipped, and the rest go on.
+Jekyll does in safe mode (any `_posts/`, never `_drafts/`, nor what `exclude` lists, never a symbolic link out
+of the site), works out which of `_config.yml`'s front-matter defaults apply to each file, and hands each file
+to the reader in `posts.py`; a post that cannot be read is reported and skipped, and the rest go on.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import glob
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .config import Config, SiteConfig
 from .errors import Problem, display_path
-from .posts import DATED_NAME, POST_EXTS, Post, PostError, read_post
+from .posts import DATED_NAME, POST_EXTS, Post, PostError, deep_merge, read_post
 
 _SKIPPED_DIRS = {"node_modules", "vendor"}
 
@@ -37,12 +40,14 @@ def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     publishes them) future posts."""
     posts: list[Post] = []
     problems: list[Problem] = []
-    for path, relative, folder_categories in find_post_files(site):
+    defaults = FrontMatterDefaults(site)
+    for path, relative, folder_categories in find_post_files(site, problems):
         try:
-            post = read_post(path, relative, site, folder_categories)
+            post, warnings = read_post(path, relative, site, folder_categories, defaults.for_post(relative))
         except PostError as err:
             problems.append(Problem(display_path(path), str(err), err.line))
             continue
+        problems.extend(Problem(display_path(path), str(warning), warning.line) for warning in warnings)
         if post is None or (post.date > now and not site.future):
             continue
         posts.append(post)
@@ -50,33 +55,126 @@ def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     return ReadResult(posts, problems)
 
 
-def find_post_files(site: SiteConfig) -> Iterator[tuple[Path, str, list[str]]]:
-    """Yield (path, path relative to the source, categories from folders above _posts/) for each post file."""
-    root = site.source
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        rel_folder = os.path.relpath(folder, root)
-        parts = [] if rel_folder == "." else rel_folder.split(os.sep)
-        in_posts = "_posts" in parts
-        if in_posts:
-            dirs[:] = sorted(d for d in dirs if not _special(d))
-        else:
-            dirs[:] = sorted(
-                d for d in dirs if d == "_posts" and site.is_jekyll or not _special(d) and d not in _SKIPPED_DIRS
-            )
-        dirs[:] = [d for d in dirs if not _excluded("/".join([*parts, d]), site.exclude)]
-        if site.is_jekyll and not in_posts:
+class FrontMatterDefaults:
+    """Jekyll 4's `defaults:` for posts: every set whose scope matches the post's path, merged in the order
+    listed. A set takes precedence over the last one that did when its scope path is longer, or as long and it
+    names a type (or neither names one); its values are deep-merged over what came before, and the values of a
+    set without precedence beneath it (FrontmatterDefaults#all and #has_precedence? in Jekyll 4)."""
+
+    def __init__(self, site: SiteConfig):
+        self.sets = site.defaults
+        self.source = site.source
+        self._globbed: dict[str, tuple[str, ...]] = {}
+
+    def for_post(self, relative: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        winner: tuple[int, bool] | None = None
+        for path, typed, values in self.sets:
+            if not self._applies(path, relative):
+                continue
+            rank = (len(path[1:] if path.startswith("/") else path), typed)
+            if winner is None or rank >= winner:
+                merged, winner = deep_merge(merged, values), rank
+            else:
+                merged = deep_merge(values, merged)
+        return merged
+
+    def _applies(self, scope: str, relative: str) -> bool:
+        # As Jekyll: a plain prefix of the path as written (so "tech" also covers "technology/..."), or, with a
+        # `*`, a prefix of any path the glob finds in the site
+        if not scope:
+            return True
+        if "*" not in scope:
+            return relative.startswith(scope)
+        if scope not in self._globbed:
+            found = glob.glob(scope, root_dir=self.source, recursive=True)
+            self._globbed[scope] = tuple(os.path.normpath(p).replace(os.sep, "/") for p in found)
+        return any(relative.startswith(p) for p in self._globbed[scope])
+
+
+def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[Path, str, list[str]]]:
+    """Yield (path, path relative to the source, categories from folders above _posts/) for each post file.
+
+    Symbolic links are followed as Jekyll's safe mode does: never to a place outside the site, and a folder is
+    read once, where it really is (links to folders are followed after every real folder, so a link never
+    changes a post's path). Each link left alone is reported in `skipped`.
+    """
+    root = os.path.realpath(site.source)
+    # (real path, read as posts): a folder only searched for _posts/ may still be read once as posts
+    seen = {(root, False)}
+    folders: list[tuple[str, str, list[str]]] = [(root, root, [])]  # (path, real path, parts), last first
+    links: list[tuple[str, list[str]]] = []
+    while folders or links:
+        if not folders:
+            link, parts = links.pop(0)
+            real = os.path.realpath(link)
+            if not _inside(real, root):
+                skipped.append(Problem(display_path(Path(link)), _outside(real)))
+            elif (real, "_posts" in parts) in seen:
+                already = f"a folder already read ({display_path(Path(real))}); a folder is read once"
+                skipped.append(Problem(display_path(Path(link)), f"skipped: a symbolic link to {already}"))
+            else:
+                seen.add((real, "_posts" in parts))
+                folders.append((link, real, parts))
             continue
-        above = parts[: parts.index("_posts")] if in_posts else []
-        for name in sorted(files):
-            ext = os.path.splitext(name)[1].lower()
-            if _special(name) or name.endswith("~") or ext not in POST_EXTS:
+        folder, real_folder, parts = folders.pop()
+        subfolders = []
+        for entry in _entries(folder, skipped):
+            relative = "/".join([*parts, entry.name])
+            if entry.is_dir():
+                if not _wanted_folder(entry.name, parts, site) or _excluded(relative, site.exclude):
+                    continue
+                if entry.is_symlink():
+                    links.append((entry.path, [*parts, entry.name]))
+                    continue
+                below = [*parts, entry.name]
+                key = (os.path.join(real_folder, entry.name), "_posts" in below)
+                if key not in seen:
+                    seen.add(key)
+                    subfolders.append((entry.path, key[0], below))
                 continue
-            if site.is_jekyll and not DATED_NAME.match(name):
+            if not _wanted_file(entry.name, parts, site) or _excluded(relative, site.exclude):
                 continue
-            relative = "/".join([*parts, name])
-            if _excluded(relative, site.exclude):
+            if entry.is_symlink() and not _inside(real := os.path.realpath(entry.path), root):
+                skipped.append(Problem(display_path(Path(entry.path)), _outside(real)))
                 continue
-            yield Path(folder, name), relative, above
+            if not entry.is_file() and os.path.lexists(os.path.realpath(entry.path)):
+                skipped.append(Problem(display_path(Path(entry.path)), "skipped: not a regular file"))
+                continue
+            yield Path(entry.path), relative, parts[: parts.index("_posts")] if "_posts" in parts else []
+        folders.extend(reversed(subfolders))
+
+
+def _entries(folder: str, skipped: list[Problem]) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as found:
+            return sorted(found, key=lambda entry: entry.name)
+    except OSError as err:
+        skipped.append(Problem(display_path(Path(folder)), f"folder cannot be read: {err.strerror}"))
+        return []
+
+
+def _wanted_folder(name: str, parts: list[str], site: SiteConfig) -> bool:
+    if "_posts" in parts:
+        return not _special(name)
+    return name == "_posts" and site.is_jekyll or not _special(name) and name not in _SKIPPED_DIRS
+
+
+def _wanted_file(name: str, parts: list[str], site: SiteConfig) -> bool:
+    if site.is_jekyll and "_posts" not in parts:
+        return False
+    ext = os.path.splitext(name)[1].lower()
+    if _special(name) or name.endswith("~") or ext not in POST_EXTS:
+        return False
+    return not site.is_jekyll or DATED_NAME.match(name) is not None
+
+
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _outside(real: str) -> str:
+    return f"skipped: a symbolic link to {real}, outside the site (links out of the site are never followed)"
 
 
 def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
@@ -86,5 +184,3 @@ def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
 
 def _special(name: str) -> bool:
     return name[:1] in (".", "_", "#", "~")
-
-

@@ -8,6 +8,7 @@ newsletter/migrations/versions; rows are never dropped.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,30 @@ from .errors import NewsletterError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 metadata = sa.MetaData()
+
+
+class Instant(sa.types.TypeDecorator):
+    """A moment, stored as UTC on every database and read back as an aware UTC datetime.
+
+    SQLite keeps no offset: an aware value in the site's zone would be stored as its wall-clock time and read
+    back as if it were UTC. Converting on the way in makes both databases agree."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"a naive datetime ({value.isoformat()}) cannot be stored: its zone is unknown")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
 
 settings = sa.Table(
     "settings", metadata,
@@ -36,8 +61,8 @@ subscribers = sa.Table(
     sa.Column("name", sa.String(200), nullable=False, server_default=""),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("source", sa.String(64), nullable=False, server_default=""),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Instant(), nullable=False),
+    sa.Column("updated_at", Instant(), nullable=False),
 )  # fmt: skip
 
 subscriptions = sa.Table(
@@ -45,7 +70,7 @@ subscriptions = sa.Table(
     sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("newsletter", sa.String(64), primary_key=True),
     sa.Column("categories", sa.Text, nullable=False, server_default=""),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Instant(), nullable=False),
     sa.Index("ix_subscriptions_newsletter", "newsletter"),
 )  # fmt: skip
 
@@ -56,11 +81,11 @@ issues = sa.Table(
     sa.Column("period", sa.String(32), nullable=False),
     sa.Column("number", sa.Integer, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("planned_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("reference_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("planned_at", Instant(), nullable=False),
+    sa.Column("reference_time", Instant(), nullable=False),
     sa.Column("posts", sa.Text, nullable=False),
     sa.Column("lease_owner", sa.String(200)),
-    sa.Column("lease_expires", sa.DateTime(timezone=True)),
+    sa.Column("lease_expires", Instant()),
     sa.UniqueConstraint("newsletter", "period", name="uq_issues_newsletter_period"),
 )  # fmt: skip
 
@@ -91,8 +116,8 @@ deliveries = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("message_id", sa.String(255)),
     sa.Column("claim", sa.String(64)),
-    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
+    sa.Column("next_attempt_at", Instant()),
+    sa.Column("updated_at", Instant()),
     sa.Column("audience", sa.Text),
     sa.UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
     sa.Index("ix_deliveries_issue_status", "issue_id", "status", "id"),
@@ -101,7 +126,7 @@ deliveries = sa.Table(
 
 
 class StoreError(NewsletterError):
-    """The database cannot be opened or migrated."""
+    """The database cannot be opened, migrated, read or written; the message names it (password hidden)."""
 
 
 def utcnow() -> datetime:
@@ -152,31 +177,109 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+URL_VARIABLE = "NEWSLETTER_DATABASE_URL"
+
+
+def _source(url: str) -> str:
+    """Where the user set the database URL, to name in a message."""
+    return URL_VARIABLE if os.environ.get(URL_VARIABLE) == url else "[database] url"
+
+
 def make_engine(url: str) -> Engine:
+    """An engine for `url` whose database faults (a file that is not a database, a damaged or read-only
+    file, a server that cannot be reached) come out as StoreError naming the database, the password hidden."""
+    source, safe = _source(url), engine_safe(url)
+    if not url.startswith("sqlite") and url.partition("://")[2].count("@") > 1:
+        raise StoreError(f"{source}: cannot use {safe}: the user name or password holds an '@'; write it as %40 "
+                         "in the URL")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     try:
-        engine = sa.create_engine(url, future=True)
+        parsed = sa.engine.make_url(url)
+        port = parsed.port
+    except (sa.exc.ArgumentError, ValueError) as err:
+        reason = err if isinstance(err, sa.exc.ArgumentError) else "its port is not a number"
+        raise StoreError(f"{source}: cannot use {safe}: {reason}") from err
+    if port is not None and not 0 < port < 65536:
+        raise StoreError(f"{source}: cannot use {safe}: the port {port} is not between 1 and 65535")
+    try:
+        engine = sa.create_engine(parsed, future=True)
     except (sa.exc.ArgumentError, ImportError) as err:
-        raise StoreError(f"[database] url: cannot use {engine_safe(url)}: {err}") from err
+        raise StoreError(f"{source}: cannot use {safe}: {err}") from err
+    sa.event.listen(engine, "handle_error", _DatabaseFaults(safe, source, parsed.password))
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         database = engine.url.database
-        if database and database != ":memory:":
+        uri = str(engine.url.query.get("uri", "")).lower() in ("true", "1")
+        if database and database != ":memory:" and not uri:
             try:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise StoreError(f"cannot open the database {engine_safe(url)}: {err.strerror}: "
+                raise StoreError(f"cannot open the database {safe}: {err.strerror}: "
                                  f"{Path(database).parent}") from err
     return engine
 
 
+class _DatabaseFaults:
+    """Turns the driver's errors about the database itself into one line a person can act on. Errors about
+    the statements (a constraint, bad data) are left alone: the code handles those, or they are bugs."""
+
+    SQLITE = (
+        ("file is not a database", "cannot open the database {db}: the file is not an SQLite database; set {source} "
+                                   "to the newsletter's database, or move this file away to start a new one"),
+        ("malformed", "the database {db} is damaged ({reason}); restore it from a backup (the sqlite3 shell's "
+                      ".recover command may save its rows)"),
+        ("readonly", "the database {db} is read-only ({reason}); make the file and its folder writable by this "
+                     "user, or copy it somewhere writable and set {source} to the copy"),
+        ("unable to open", "cannot open the database {db} ({reason}); check that its folder exists and that this "
+                           "user may write there"),
+        ("locked", "the database {db} stayed locked by another process for 30 s ({reason}); try again when that "
+                   "process has finished"),
+        ("disk i/o error", "the database {db} could not be read or written ({reason}); check the disk and the "
+                           "file"),
+    )
+
+    def __init__(self, safe: str, source: str, password: str | None):
+        self.safe, self.source, self.password = safe, source, password
+
+    def __call__(self, context) -> StoreError | None:
+        error = context.sqlalchemy_exception
+        if not isinstance(error, sa.exc.OperationalError | sa.exc.DatabaseError) or isinstance(
+                error, sa.exc.IntegrityError | sa.exc.DataError | sa.exc.ProgrammingError | sa.exc.NotSupportedError):
+            return None
+        reason = " ".join(str(context.original_exception).split("\n")[0].split())
+        if self.password:
+            reason = reason.replace(self.password, "***")
+        values = {"db": self.safe, "source": self.source, "reason": reason}
+        if context.engine is not None and context.engine.dialect.name == "sqlite":
+            for clue, message in self.SQLITE:
+                if clue in reason.lower():
+                    return StoreError(message.format(**values))
+            return StoreError("the database {db} failed: {reason}".format(**values))
+        if context.connection is None or "connection" in reason.lower():
+            lowered = reason.lower()
+            if "password" in lowered or "authentication" in lowered:
+                advice = "check the user name and password in {source}"
+            elif "does not exist" in lowered:
+                advice = "create it, or correct the name in {source}"
+            else:
+                advice = "check that the server is running and that {source} names it rightly"
+            return StoreError(("cannot connect to the database {db}: {reason}; " + advice).format(**values))
+        return StoreError("the database {db} failed: {reason}".format(**values))
+
+
 def engine_safe(url: str) -> str:
-    """A database URL fit to print: the password hidden."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    """A database URL fit to print: the password hidden, whatever characters it holds (an '@' in a password
+    that is not written %40 makes SQLAlchemy's own parser show part of it)."""
+    scheme, separator, rest = str(url).partition("://")
+    if not separator or not scheme or any(c.isspace() for c in scheme):
         return "an invalid URL"
+    rest = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
+    if scheme.startswith("sqlite") or "@" not in rest:
+        return f"{scheme}://{rest}"
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def open_store(url: str) -> Store:
@@ -217,9 +320,9 @@ unsubscribes = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
     sa.Column("newsletter", sa.String(64), nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", Instant(), nullable=False),
     sa.Column("how", sa.String(16), nullable=False),
-    sa.Column("rejoined_at", sa.DateTime(timezone=True)),
+    sa.Column("rejoined_at", Instant()),
     sa.Index("ix_unsubscribes_subscriber", "subscriber_id", "newsletter"),
 )  # fmt: skip
 
@@ -232,9 +335,9 @@ signups = sa.Table(
     sa.Column("name", sa.String(200), nullable=False, server_default=""),
     sa.Column("newsletters", sa.Text, nullable=False),
     sa.Column("nonce", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Instant(), nullable=False),
     sa.Column("ip", sa.String(64), nullable=False, server_default=""),
-    sa.Column("confirmed_at", sa.DateTime(timezone=True)),
+    sa.Column("confirmed_at", Instant()),
     sa.Column("confirmed_ip", sa.String(64)),
     sa.Index("ix_signups_email_key", "email_key"),
 )  # fmt: skip
@@ -244,6 +347,24 @@ rate_events = sa.Table(
     "rate_events", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("bucket", sa.String(80), nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", Instant(), nullable=False),
     sa.Index("ix_rate_events_bucket", "bucket", "at"),
+)  # fmt: skip
+
+# --- What providers report back (events.py): one row per provider event, keyed so a repeat is recorded once.
+delivery_events = sa.Table(
+    "delivery_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("delivery_id", sa.Integer, sa.ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("issue_id", sa.Integer, nullable=False),
+    sa.Column("subscriber_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("classification", sa.String(16)),
+    sa.Column("detail", sa.Text),
+    sa.Column("occurred_at", Instant(), nullable=False),
+    sa.Column("received_at", Instant(), nullable=False),
+    sa.Index("ix_delivery_events_issue_kind", "issue_id", "kind"),
+    sa.Index("ix_delivery_events_subscriber", "subscriber_id", "delivery_id"),
 )  # fmt: skip

@@ -4,12 +4,18 @@ Addresses are checked for syntax only (email-validator, no DNS), normalised, and
 A CSV import is validated whole before anything is written: every bad row is reported with its line and
 reason, and by default nothing is imported while any row is bad. Someone who unsubscribed, bounced or
 complained is never made active again by an import unless the operator says --resubscribe.
+
+A category must be one the subscriber can receive: one of the newsletter's `categories`, or, for a newsletter
+that carries every category, one that a post of the site has (read at the import's `now`), so that nobody is
+signed up for a category no issue will ever carry. Names and other fields may hold no control characters,
+since names go into the To: header.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TextIO
@@ -24,6 +30,9 @@ from .store import Store, as_utc, subscribers, subscriptions
 STATUSES = SUBSCRIBER_STATUSES
 COLUMNS = ("email", "name", "newsletters", "categories", "status", "signed_up_at", "signup_ip")
 CHUNK = 500
+NAME_LENGTH = 200  # the width of subscribers.name
+# A spreadsheet runs a cell starting with one of these as a formula; `export_csv(excel_safe=True)` quotes them.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ImportRejected(NewsletterError):
@@ -88,19 +97,50 @@ def decode_categories(stored: str) -> tuple[str, ...]:
     return tuple(c for c in stored.split(";") if c)
 
 
-class RowChecker:
-    """Validates subscriber rows against the configured newsletters, remembering addresses already seen."""
+def categories_on_site(config: Config, now: datetime) -> list[str]:
+    """The categories of the site's posts at `now`, each spelled as its newest post spells it."""
+    from .site import read_site
 
-    def __init__(self, config: Config, default_newsletters: tuple[str, ...] = ()):
+    spelled: dict[str, str] = {}
+    for post in read_site(config, now).posts:
+        for category in post.categories:
+            spelled.setdefault(category.casefold(), category)
+    return sorted(spelled.values(), key=str.casefold)
+
+
+def _unwanted_character(value: str) -> str | None:
+    """Why a field cannot be stored: a line break or another control character, which would end up in a
+    header line or a CSV cell that no longer reads back."""
+    if "\r" in value or "\n" in value:
+        return "a line break"
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return f"a control character (U+{ord(char):04X})"
+    return None
+
+
+class RowChecker:
+    """Validates subscriber rows against the configured newsletters, remembering addresses already seen.
+
+    `site_categories` gives the categories a newsletter carrying every category accepts; it is called at
+    most once, when a row first names a category for such a newsletter. None accepts any category there."""
+
+    def __init__(self, config: Config, default_newsletters: tuple[str, ...] = (),
+                 site_categories: Callable[[], Iterable[str]] | None = None):
         self.config = config
         self.default_newsletters = default_newsletters
         self.seen: dict[str, int] = {}
+        self._site_categories = site_categories
+        self._site_spelling: dict[str, str] | None = None
 
     def check(self, line: int, fields: dict[str, str]) -> Row | str:
         """A valid Row, or the reason the row is invalid."""
         for column, value in fields.items():
-            if "\r" in value or "\n" in value:
-                return f"the {column} field contains a line break"
+            if (unwanted := _unwanted_character(value)) is not None:
+                return f"the {column} field contains {unwanted}; remove it"
+        name = (fields.get("name") or "").strip()
+        if len(name) > NAME_LENGTH:
+            return f"the name is {len(name)} characters long; at most {NAME_LENGTH} are kept"
         try:
             address = normalise_email(fields.get("email", ""))
         except ValueError as err:
@@ -121,7 +161,7 @@ class RowChecker:
         if why:
             return why
         self.seen[email_key(address)] = line
-        return Row(line, address, (fields.get("name") or "").strip(), status, chosen)
+        return Row(line, address, name, status, chosen)
 
     def _categories(self, cell: str, ids: list[str]) -> tuple[dict[str, tuple[str, ...]], str | None]:
         chosen: dict[str, list[str]] = {n: [] for n in ids}
@@ -133,15 +173,33 @@ class RowChecker:
             if newsletter and newsletter not in chosen:
                 return {}, f"category {item!r} names newsletter {newsletter!r}, which this row does not list"
             for target in targets:
-                offered = self.config.newsletters[target].categories
-                match = next((c for c in offered if c.casefold() == category.casefold()), None)
-                if offered and match is None:
-                    return {}, (f"category {category!r} is not one of newsletter {target!r}'s categories "
-                                f"({', '.join(offered)})")
-                name = match or category
+                name, why = self._category(target, category)
+                if why:
+                    return {}, why
                 if name.casefold() not in (c.casefold() for c in chosen[target]):
                     chosen[target].append(name)
         return {n: tuple(c) for n, c in chosen.items()}, None
+
+    def _category(self, newsletter: str, category: str) -> tuple[str, str | None]:
+        """The category as the newsletter (or, when it carries every category, the site) spells it, or why
+        it is not one the newsletter can carry."""
+        offered = self.config.newsletters[newsletter].categories
+        if offered:
+            match = next((c for c in offered if c.casefold() == category.casefold()), None)
+            if match is None:
+                return "", (f"category {category!r} is not one of newsletter {newsletter!r}'s categories "
+                            f"({', '.join(offered)})")
+            return match, None
+        if self._site_categories is None:
+            return category, None
+        if self._site_spelling is None:
+            self._site_spelling = {c.casefold(): c for c in self._site_categories()}
+        match = self._site_spelling.get(category.casefold())
+        if match is None:
+            known = ", ".join(sorted(self._site_spelling.values(), key=str.casefold)) or "none"
+            return "", (f"category {category!r} is not a category of any post on the site (categories: {known}); "
+                        f"newsletter {newsletter!r} carries every category, so only those can be chosen")
+        return match, None
 
 
 def read_csv(stream: TextIO, checker: RowChecker, where: str) -> tuple[list[Row], list[Problem]]:
@@ -155,6 +213,10 @@ def read_csv(stream: TextIO, checker: RowChecker, where: str) -> tuple[list[Row]
         return [], [Problem(where, f"not a CSV file: {err}", 1)]
     problems = [Problem(where, f"unknown column {h!r} (columns: {', '.join(COLUMNS)})", 1)
                 for h in header if h not in COLUMNS]
+    for index, name in enumerate(header):
+        if name in COLUMNS and (first := header.index(name)) < index:
+            problems.append(Problem(where, f"column {name!r} is in the header twice (columns {first + 1} and "
+                                           f"{index + 1}); keep one", 1))
     if "email" not in header:
         problems.append(Problem(where, "no email column; the first row must name the columns", 1))
     if problems:
@@ -168,7 +230,11 @@ def read_csv(stream: TextIO, checker: RowChecker, where: str) -> tuple[list[Row]
         except StopIteration:
             break
         except csv.Error as err:
-            problems.append(Problem(where, f"cannot be read as CSV: {err}", line))
+            reason = str(err)
+            if reason.startswith("field larger than field limit"):
+                reason = (f"a field is longer than {csv.field_size_limit()} characters, far more than any "
+                          "subscriber field; is this the right file?")
+            problems.append(Problem(where, f"cannot be read as CSV: {reason}", line))
             continue
         if not any(v.strip() for v in values):
             continue
@@ -216,7 +282,8 @@ def _import_chunk(conn, rows: list[Row], now: datetime, source: str, resubscribe
         if before is not None and before.status != "active" and row.status == "active" and not resubscribe:
             report.kept_unsubscribed.append(row.email)
             continue
-        changed = before is not None and (before.status != row.status or bool(row.name and row.name != before.name))
+        changed = before is not None and (before.status != row.status
+                                          or bool(row.name and row.name != before.name))
         if changed:
             conn.execute(subscribers.update().where(subscribers.c.id == before.id).values(
                 status=row.status, name=row.name or before.name, updated_at=now))
@@ -246,10 +313,14 @@ def _import_chunk(conn, rows: list[Row], now: datetime, source: str, resubscribe
 
 
 def import_csv(store: Store, config: Config, stream: TextIO, where: str, now: datetime, *,
-               newsletter: str | None = None, skip_invalid: bool = False, resubscribe: bool = False) -> ImportReport:
+               newsletter: str | None = None, skip_invalid: bool = False, resubscribe: bool = False,
+               site_categories: Iterable[str] | None = None) -> ImportReport:
+    """Validate every row of a subscriber CSV, then add or update them. `site_categories` (default: read
+    from the site at `now`, only when a row needs them) are what an every-category newsletter accepts."""
     if newsletter is not None:
         config.newsletter(newsletter)
-    checker = RowChecker(config, (newsletter,) if newsletter else ())
+    known = (lambda: site_categories) if site_categories is not None else (lambda: categories_on_site(config, now))
+    checker = RowChecker(config, (newsletter,) if newsletter else (), known)
     rows, problems = read_csv(stream, checker, where)
     if problems and not skip_invalid:
         raise ImportRejected(problems)
@@ -258,9 +329,18 @@ def import_csv(store: Store, config: Config, stream: TextIO, where: str, now: da
     return report
 
 
-def export_csv(store: Store, out: TextIO) -> int:
+def excel_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text: a leading quote before anything it would run as a formula."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def export_csv(store: Store, out: TextIO, *, excel_safe_names: bool = False) -> int:
     """Write every subscriber with status and subscriptions; categories as newsletter:category, so the file
-    imports back into an empty store unchanged. Streams: memory does not grow with the list."""
+    imports back into an empty store unchanged. Streams: memory does not grow with the list.
+
+    With `excel_safe_names`, a name a spreadsheet would run as a formula (=, +, -, @ first) gets a leading
+    quote: safe to open, but those names no longer import back as they were. Only names are free text a
+    subscriber chooses; an address cannot hold a formula's parentheses, and ids and categories are the site's."""
     from .signup import consent
 
     writer = csv.writer(out, lineterminator="\n")
@@ -271,8 +351,9 @@ def export_csv(store: Store, out: TextIO) -> int:
         categories = [f"{n}:{c}" for n, cs in subscriber.newsletters.items() for c in cs]
         held = list(subscriber.newsletters) or _left(store, subscriber.id)  # someone who left every one
         signed_up, ip = evidence.get(email_key(subscriber.email), (None, ""))
-        writer.writerow([subscriber.email, subscriber.name, ";".join(held),
-                         ";".join(categories), subscriber.status, signed_up.isoformat() if signed_up else "", ip])
+        name = excel_safe(subscriber.name) if excel_safe_names else subscriber.name
+        writer.writerow([subscriber.email, name, ";".join(held), ";".join(categories), subscriber.status,
+                         signed_up.isoformat() if signed_up else "", ip])
         count += 1
     return count
 
@@ -347,7 +428,7 @@ def set_status(store: Store, address: str, status: str, now: datetime) -> Subscr
 def add(store: Store, config: Config, address: str, name: str, newsletters: tuple[str, ...],
         categories: tuple[str, ...], now: datetime, resubscribe: bool = False) -> ImportReport:
     """Add or update one subscriber, with the same rules as one row of an import."""
-    checker = RowChecker(config)
+    checker = RowChecker(config, site_categories=lambda: categories_on_site(config, now))
     result = checker.check(0, {"email": address, "name": name, "newsletters": ";".join(newsletters),
                                "categories": ";".join(categories)})
     if isinstance(result, str):

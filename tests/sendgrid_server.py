@@ -55,8 +55,13 @@ def errors_body(message: str, field_name: str | None = None) -> bytes:
 
 class SendgridServer:
     def __init__(self, api_key: str = "SG.test-key", validate: bool = True, max_request_bytes: int = 30_000_000,
-                 port: int = 0, delay: float = 0.0, keep: bool = True):
+                 port: int = 0, delay: float = 0.0, keep: bool = True, rate_limit: int | None = None,
+                 clock=time.time):
         self.api_key = api_key
+        # At most `rate_limit` requests a whole second of `clock`, as SendGrid's headers announce: every answer
+        # carries X-RateLimit-Limit, -Remaining and -Reset, and a request over the limit gets a 429.
+        self.rate_limit, self.clock = rate_limit, clock
+        self.window, self.used, self.throttled = 0, 0, 0
         self.delay = delay
         self.keep = keep
         self.count = 0
@@ -120,6 +125,20 @@ class SendgridServer:
             with self.lock:
                 self.violations.append(problem)
             return self.answer(request, 400, errors_body(problem, None))
+        if self.rate_limit is not None:
+            with self.lock:
+                second = int(self.clock())
+                if second != self.window:
+                    self.window, self.used = second, 0
+                self.used += 1
+                limits = {"X-RateLimit-Limit": str(self.rate_limit),
+                          "X-RateLimit-Remaining": str(max(0, self.rate_limit - self.used)),
+                          "X-RateLimit-Reset": str(second + 1)}
+                if self.used > self.rate_limit:
+                    self.throttled += 1
+                    return self.answer(request, 429, errors_body("too many requests"), limits)
+        else:
+            limits = {}
         if fault is not None and fault.kind == "status":
             return self.answer(request, fault.status, errors_body(fault.message or "fault"), fault.headers)
         if fault is not None and fault.kind == "reject_recipient":
@@ -142,7 +161,7 @@ class SendgridServer:
             time.sleep(fault.seconds)
         if self.delay:
             time.sleep(self.delay)
-        return self.answer(request, 202, b"", {"X-Message-Id": uuid.uuid4().hex[:22]})
+        return self.answer(request, 202, b"", {"X-Message-Id": uuid.uuid4().hex[:22], **limits})
 
     def check(self, body: dict) -> str | None:
         """A schema violation, or one of the documented limits the schema does not show."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -19,12 +21,21 @@ def free_port() -> int:
 @dataclass
 class SmtpSink:
     """Records every message it accepts; `faults[address]` lists what to do with that recipient's next
-    attempts: an SMTP reply such as "450 try later" at RCPT, "drop-rcpt" to cut the connection at RCPT, or
-    "drop-after-data" to take the message and cut the connection before answering."""
+    attempts: an SMTP reply such as "450 try later" at RCPT, "drop-rcpt" to cut the connection at RCPT,
+    "hold-for-session N" to answer RCPT only once session N has begun (so that another connection is opened
+    while this one is busy), "drop-after-data" to take the message and cut the connection before answering,
+    "close-after-data" to take the message, answer, and then close the idle connection, or "data 554 rejected"
+    to answer the end of DATA with that reply (the message is not kept).
+    `session_faults[n]` is "drop" to cut session n (1 is the first) at EHLO, or "refuse-login" for `authenticate`
+    to refuse every login in it; `logins` records (session, accepted) for each login."""
 
     received: list[tuple[str, bytes]] = field(default_factory=list)
+    envelopes: list[tuple[str, str, list[str]]] = field(default_factory=list)
     sessions: int = 0
     faults: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    session_faults: dict[int, str] = field(default_factory=dict)
+    logins: list[tuple[int, bool]] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self) -> dict[str, int]:
@@ -36,8 +47,23 @@ class SmtpSink:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
         with self.lock:
             self.sessions += 1
+            fault = self.session_faults.get(self.sessions)
+        if fault == "drop":
+            server.transport.close()
+            return []
         session.host_name = hostname
+        session.number = self.sessions
         return responses
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        """An aiosmtpd authenticator following `logins`; a refusal is answered 535 by the server itself."""
+        from aiosmtpd.smtp import AuthResult
+
+        number = getattr(session, "number", 0)
+        accepted = self.session_faults.get(number) != "refuse-login"
+        with self.lock:
+            self.logins.append((number, accepted))
+        return AuthResult(success=accepted, handled=False)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         with self.lock:
@@ -45,6 +71,13 @@ class SmtpSink:
         if fault == "drop-rcpt":
             server.transport.close()
             return "421 closing"
+        if fault and fault.startswith("hold-for-session "):
+            wanted = int(fault.split()[1])
+            deadline = time.monotonic() + 5
+            while self.sessions < wanted and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            self.held.append(f"{address} until session {self.sessions}")
+            fault = None
         if fault and fault[0].isdigit():
             return fault
         if fault:
@@ -55,10 +88,15 @@ class SmtpSink:
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
         address = envelope.rcpt_tos[0]
         with self.lock:
-            self.received.append((address, envelope.content))
             fault = self.faults[address].pop(0) if self.faults.get(address) else None
+            if fault and fault.startswith("data "):
+                return fault[len("data "):]
+            self.received.append((address, envelope.content))
+            self.envelopes.append((envelope.mail_from, address, list(envelope.mail_options)))
         if fault == "drop-after-data":
             server.transport.close()
+        elif fault == "close-after-data":  # answer first: the close runs once the reply is written
+            asyncio.get_running_loop().call_soon(server.transport.close)
         return "250 Message accepted for delivery"
 
 

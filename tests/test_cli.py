@@ -37,9 +37,9 @@ def all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 
 def test_every_command_has_help(run):
     names = [" ".join(path) for path, _ in all_commands(cli)]
-    assert names == ["archive", "check", "posts", "preview", "send", "serve", "status", "subscribers", "subscribers add",
-                     "subscribers export", "subscribers import", "subscribers list", "subscribers remove",
-                     "subscribers show"]
+    assert names == ["archive", "bounces", "check", "events", "posts", "preview", "send", "serve", "status",
+                     "subscribers", "subscribers add", "subscribers export", "subscribers import", "subscribers list",
+                     "subscribers remove", "subscribers show"]
     for path, command in all_commands(cli):
         result = run(*path, "--help")
         assert result.exit_code == 0

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from newsletter.cli import cli
 
-from .conftest import FIXTURES, ROOT
+from .conftest import FIXTURES, ROOT, dead_owner
 
 NOW = "2026-01-05T07:00:00+00:00"
 
@@ -89,9 +89,12 @@ def test_send_then_resend_then_status(run, tmp_path):
     assert again.exit_code == 0
     assert "weekly: resuming issue 1 (id 1)" in again.stderr
     listing = json.loads(run("status", "--json").stdout)
-    assert listing == [{"id": 1, "newsletter": "weekly", "period": "2026-01-05", "counts": {"sent": 8}}]
+    assert listing == [{"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8}}]
     one = json.loads(run("status", "1", "--json").stdout)
-    assert one == {"id": 1, "newsletter": "weekly", "period": "2026-01-05", "counts": {"sent": 8}, "deliveries": []}
+    assert one == {"id": 1, "newsletter": "weekly", "period": "2026-01-05", "status": "done", "counts": {"sent": 8},
+                   "events": {}, "rates": {"sent": 8, "complained": 0, "hard_bounced": 0, "complaint_rate": 0.0,
+                                           "hard_bounce_rate": 0.0, "now_bounced": 0, "now_complained": 0},
+                   "deliveries": []}
     assert run("status").stdout == "1\tweekly\t2026-01-05\t#1\tdone\tsent 8\n"
     assert run("status", "9").exit_code == 2
     empty = run("--now", "2026-01-06T07:00:00+00:00", "send", "weekly")
@@ -101,7 +104,6 @@ def test_send_then_resend_then_status(run, tmp_path):
 
 def test_unknown_deliveries_exit_3_and_say_how_to_resolve_them(run):
     import os
-    import socket
 
     from newsletter import ledger
     from newsletter.config import load_config
@@ -116,7 +118,7 @@ def test_unknown_deliveries_exit_3_and_say_how_to_resolve_them(run):
 
     record, _ = plan_or_resume(store, config, config.newsletter("weekly"), read_posts(config.site, FIXED_NOW).posts,
                                FIXED_NOW)
-    ledger.acquire_lease(store, record.id, f"{socket.gethostname()}:999999999:gone")
+    ledger.acquire_lease(store, record.id, dead_owner())
     ledger.claim(store, record.id, "weekly", 2, "lost")
     store.engine.dispose()
     result = run("--now", NOW, "send", "weekly")
@@ -161,3 +163,33 @@ def test_preview_as_a_stored_subscriber_shows_their_copy_and_what_the_next_issue
     after = run("--now", NOW, "preview", "weekly", "--out", str(tmp_path))
     assert after.stderr.startswith("weekly: issue 2, 6 post(s), sections: Culture (1), Science (2), "
                                    "Technology (1), Travel (2); subject: ")
+
+
+def test_send_refuses_a_subject_it_cannot_render_before_planning_anything(run, tmp_path):
+    run("subscribers", "import", "subscribers/sample.csv")
+    config = tmp_path / "newsletter.toml"
+    config.write_text(config.read_text().replace(
+        "subject = \"{{ newsletter.title }}: {{ posts[0].title if posts else 'no new posts' }} and more\"",
+        "subject = \"{{ newsletter.title \""))
+    result = run("--now", NOW, "send", "weekly")
+    assert result.exit_code == 2
+    assert "newsletters.weekly.subject:1:" in result.stderr
+    assert json.loads(run("status", "--json").stdout) == []
+
+
+def test_strict_send_stops_on_a_pre_send_warning_before_anything_goes(run, tmp_path):
+    run("subscribers", "import", "subscribers/sample.csv")
+    config = tmp_path / "newsletter.toml"
+    config.write_text(config.read_text().replace("[site]\n", "[site]\nurl = \"\"\n"))  # images without a host
+    strict = run("--strict", "--now", NOW, "send", "weekly")
+    assert strict.exit_code == 1
+    warnings = [line for line in strict.stderr.splitlines() if line.startswith("warning: weekly: ")]
+    assert warnings and all("image" in line for line in warnings)
+    assert strict.stderr.splitlines()[-1] == ("error: weekly: {} warning(s) before sending and --strict was given; "
+                                              "nothing was sent, the issue stays planned".format(len(warnings)))
+    assert not (tmp_path / "outbox").exists()
+    assert json.loads(run("status", "--json").stdout)[0]["counts"] == {"pending": 8}
+    relaxed = run("--now", NOW, "send", "weekly")
+    assert relaxed.exit_code == 0
+    assert [line for line in relaxed.stderr.splitlines() if line.startswith("warning: weekly: ")] == warnings
+    assert json.loads(run("status", "--json").stdout)[0]["counts"] == {"sent": 8}

@@ -165,3 +165,57 @@ def test_unreadable_post_is_reported(tmp_path):
     result = read_posts(site_config(tmp_path).site, NOW)
     assert [p.title for p in result.posts] == ["OK"]
     assert [p.message for p in result.problems] == ["cannot be read: No such file or directory"]
+
+
+def jekyll_site(root, config: str, posts: dict[str, str]):
+    (root / "_config.yml").write_text("timezone: UTC\n" + config)
+    for relative, text in posts.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    return read_posts(site_config(root).site, NOW)
+
+
+def test_a_longer_default_scope_wins_whatever_the_order(tmp_path):
+    result = jekyll_site(tmp_path, (
+        "defaults:\n"
+        "  - {scope: {path: ''}, values: {permalink: '/blog/:title/'}}\n"
+        "  - {scope: {path: tech}, values: {permalink: '/tech-notes/:title/'}}\n"
+        "  - {scope: {path: ''}, values: {permalink: '/late/:title/'}}\n"), {
+        "tech/_posts/2025-01-02-x.md": "---\ntitle: X\n---\n",
+        "_posts/2025-01-03-y.md": "---\ntitle: Y\n---\n",
+    })
+    assert {p.path: p.url for p in result.posts} == {"tech/_posts/2025-01-02-x.md": "/tech-notes/x/",
+                                                     "_posts/2025-01-03-y.md": "/late/y/"}
+
+
+def test_defaults_merge_deeply_a_null_keeps_the_default_and_categories_add_up(tmp_path):
+    result = jekyll_site(tmp_path, (
+        "defaults:\n"
+        "  - scope: {path: '', type: posts}\n"
+        "    values: {author: House, image: {path: /a.png, alt: Default alt}, categories: [Default]}\n"), {
+        "_posts/2025-01-02-a.md": "---\ntitle: A\nauthor: ~\nimage: {path: /b.png}\ncategories: [Own]\n---\n",
+    })
+    (post,) = result.posts
+    assert (post.author, post.image_alt, post.image_path, post.categories) == (
+        "House", "Default alt", "b.png", ("Default", "Own"))
+
+
+def test_quoted_dates_in_the_forms_jekyll_reads(tmp_path):
+    from zoneinfo import ZoneInfo
+
+    from newsletter.clock import parse_moment
+
+    zone = ZoneInfo("America/New_York")
+    read = {text: parse_moment(text, zone).isoformat() for text in (
+        "2025-07-22 9:30 +0100", "2025-7-2 9:30", "2025-07-22T9:30+01", "2025-07-22 09:30:00.5 -0500",
+        "2025-07-22 9:30 UTC", "2025-07-22 9:30:05 +01:30")}
+    assert read == {
+        "2025-07-22 9:30 +0100": "2025-07-22T04:30:00-04:00",
+        "2025-7-2 9:30": "2025-07-02T09:30:00-04:00",
+        "2025-07-22T9:30+01": "2025-07-22T04:30:00-04:00",
+        "2025-07-22 09:30:00.5 -0500": "2025-07-22T10:30:00.500000-04:00",
+        "2025-07-22 9:30 UTC": "2025-07-22T05:30:00-04:00",
+        "2025-07-22 9:30:05 +01:30": "2025-07-22T04:00:05-04:00",
+    }
+    result = jekyll_site(tmp_path, "", {"_posts/2025-07-22-a.md": '---\ndate: "2025-07-22 9:30 +0100"\n---\n'})
+    assert [p.date.isoformat() for p in result.posts] == ["2025-07-22T08:30:00+00:00"]

@@ -173,7 +173,8 @@ def test_template_errors_name_the_template_and_line(sample_config, sample_posts,
     for name, message in [
         ("broken", f"{tmp_path}/broken.html.j2:2: template syntax error: Expected an expression, got 'end of "
                    "statement block'"),
-        ("typo", "typo.html.j2: 'newsleter' is undefined; see the README for the names templates can use"),
+        ("typo", f"{tmp_path}/typo.html.j2:1: 'newsleter' is undefined; see the README for the names templates "
+                 "can use"),
         ("absent", f"template 'absent.html.j2' not found in {tmp_path}"),
     ]:
         newsletter = dataclasses.replace(sample_config.newsletter("lab"), template=name)
@@ -182,3 +183,106 @@ def test_template_errors_name_the_template_and_line(sample_config, sample_posts,
         with pytest.raises(RenderError) as caught:
             render_plan(config, plan)
         assert str(caught.value) == message
+
+
+def marker_site(sample_config, templates=None):
+    config = site_config(FIXTURES / "marker-site")
+    newsletter = dataclasses.replace(sample_config.newsletter("weekly"), id="m", subject="{{ posts[-1].title }}")
+    config = dataclasses.replace(config, templates=templates or sample_config.templates,
+                                 newsletters={"m": newsletter})
+    posts = {p.slug: p for p in read_posts(config.site, FIXED_NOW).posts}
+    return config, newsletter, posts
+
+
+def digest_of_posts(config, newsletter, posts):
+    plan = plan_issue(config, newsletter, posts, FIXED_NOW, since=posts[-1].date.replace(year=2024))
+    return render_plan(config, plan)
+
+
+READER = Recipient("reader@example.org", "Reader", "https://n.example.org/u/tok", "https://n.example.org/p/tok")
+
+
+def test_a_marker_in_a_title_never_becomes_the_subscribers_address(sample_config):
+    config, newsletter, posts = marker_site(sample_config)
+    personal = personalise(digest_of_posts(config, newsletter, [posts["title-with-email-marker"]]), READER)
+    title = "Write to X\u2060NLFIELDemailXNLEND today"
+    assert personal.subject == title
+    assert [a.text_content() for a in parse(personal.html).xpath("//h2/a")] == [title]
+    assert f"\n{title}\n" in personal.text
+    assert personal.html.count("reader@example.org") == personal.text.count("reader@example.org") == 1  # footers
+
+
+def test_a_marker_in_an_excerpt_never_becomes_the_unsubscribe_link(sample_config):
+    config, newsletter, posts = marker_site(sample_config)
+    personal = personalise(digest_of_posts(config, newsletter, [posts["excerpt-with-unsubscribe-marker"]]), READER)
+    excerpt = parse(personal.html).find_class("excerpt")[0]
+    assert [a.get("href") for a in excerpt.iter("a")] == [
+        "https://markers.example.org/2025/06/02/excerpt-with-unsubscribe-marker/X\u2060NLFIELDunsubscribe_urlXNLEND"]
+    assert "see X\u2060NLFIELDunsubscribe_urlXNLEND." in excerpt.text_content()
+    assert personal.html.count("https://n.example.org/u/tok") == personal.text.count("https://n.example.org/u/tok") == 1
+
+
+def test_an_unknown_marker_and_sendgrid_tags_in_content_stay_visible(sample_config):
+    config, newsletter, posts = marker_site(sample_config)
+    digest = digest_of_posts(config, newsletter, [posts["unknown-marker"], posts["sendgrid-tag"]])
+    personal = personalise(digest, READER)
+    titles = [a.text_content() for a in parse(personal.html).xpath("//h2/a")]
+    assert titles == ["Hello %\u2060nl_html_email% and %\u2060NL_text_name%", "An X\u2060NLFIELDfooXNLEND marker"]
+    assert "SendGrid fills in %\u2060nl_html_unsubscribe_url% wherever it is." in personal.text
+
+
+def test_content_split_across_fields_cannot_spell_a_marker(sample_config, tmp_path):
+    (tmp_path / "digest.html.j2").write_text("{% for p in posts %}<p>{{ p.title }}{{ p.author }}{{ p.data.tag_line }}"
+                                             "</p>{% endfor %}<p>{{ subscriber.email }}</p>")
+    (tmp_path / "digest.txt.j2").write_text("{% for p in posts %}{{ p.title }}{{ p.author }}{{ p.data.tag_line }}"
+                                            "{% endfor %}\n")
+    config, newsletter, posts = marker_site(sample_config, templates=tmp_path)
+    personal = personalise(digest_of_posts(config, newsletter, [posts["marker-split-across-fields"]]), READER)
+    assert personal.text == "X\u2060NLFIELDemailXNLEND"
+    assert [p.text_content() for p in parse(personal.html).iter("p")] == ["X\u2060NLFIELDemailXNLEND",
+                                                                          "reader@example.org"]
+
+
+def test_a_personal_field_through_a_filter_is_an_error_naming_the_template(sample_config, sample_posts, tmp_path):
+    (tmp_path / "digest.html.j2").write_text("<p>{{ subscriber.name|upper }}</p>")
+    (tmp_path / "digest.txt.j2").write_text("")
+    config = dataclasses.replace(sample_config, templates=tmp_path)
+    plan = plan_issue(config, config.newsletter("lab"), sample_posts, FIXED_NOW)
+    with pytest.raises(RenderError, match=r"^digest.html.j2: a personal field \(subscriber.name, subscriber.email, "
+                                          r"unsubscribe_url, preferences_url\) went through a filter or test; use it "
+                                          r"as it is, like \{\{ subscriber.email \}\}"):
+        render_plan(config, plan)
+
+
+@pytest.mark.parametrize("subject", [
+    "{{ cycler.__init__.__globals__.os.environ.SENDGRID_API_KEY }}",
+    "{{ lipsum.__globals__['os'].popen('echo pwned').read() }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+])
+def test_the_subject_runs_in_the_sandbox(sample_config, sample_posts, monkeypatch, subject):
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.secret-key")
+    newsletter = dataclasses.replace(sample_config.newsletter("lab"), subject=subject)
+    plan = plan_issue(sample_config, newsletter, sample_posts, FIXED_NOW)
+    with pytest.raises(RenderError) as caught:
+        render_plan(sample_config, plan)
+    message = str(caught.value)
+    assert message.startswith("newsletters.lab.subject:1: unsafe, refused by the template sandbox: access to "
+                              "attribute '__")
+    assert message.endswith("object is unsafe; templates may only use the names listed in the README")
+    assert "SG.secret-key" not in message and "pwned" not in message
+
+
+def test_a_template_file_runs_in_the_sandbox_and_runtime_errors_name_the_line(sample_config, sample_posts, tmp_path):
+    (tmp_path / "digest.txt.j2").write_text("")
+    config = dataclasses.replace(sample_config, templates=tmp_path)
+    plan = plan_issue(config, config.newsletter("lab"), sample_posts, FIXED_NOW)
+    for body, message in [
+        ("<p>\n{{ lipsum.__globals__['os'].system('true') }}</p>",
+         "digest.html.j2:2: unsafe, refused by the template sandbox: access to attribute '__globals__' of "
+         "'function' object is unsafe; templates may only use the names listed in the README"),
+        ("<p>\n\n{{ 1 / 0 }}</p>", "digest.html.j2:3: ZeroDivisionError: division by zero"),
+    ]:
+        (tmp_path / "digest.html.j2").write_text(body)
+        with pytest.raises(RenderError) as caught:
+            render_plan(config, plan)
+        assert str(caught.value) == f"{tmp_path}/{message}"

@@ -7,7 +7,6 @@ import email
 import email.policy
 import io
 import os
-import socket
 from datetime import timedelta
 
 import pytest
@@ -21,7 +20,7 @@ from newsletter.store import deliveries, issues
 from newsletter.subscribers import import_csv, set_status
 from newsletter.tokens import Tokens
 
-from .conftest import ROOT
+from .conftest import ROOT, dead_owner
 
 
 def subscribe(env, text: str) -> None:
@@ -121,7 +120,7 @@ def test_who_leaves_after_planning_is_skipped_and_who_joins_waits_for_the_next_i
 def test_in_flight_rows_of_a_dead_sender_become_unknown_and_are_resent_only_when_asked(env):
     subscribe(env, "email,newsletters\na@example.org,weekly\nb@example.org,weekly\nc@example.org,weekly\n")
     record, _ = plan_or_resume(env.store, env.config, env.config.newsletter("weekly"), env.posts, env.now)
-    ledger.acquire_lease(env.store, record.id, f"{socket.gethostname()}:999999999:dead")
+    ledger.acquire_lease(env.store, record.id, dead_owner())
     claimed = ledger.claim(env.store, record.id, "weekly", 1, "crashed")
     assert [c.email for c in claimed] == ["a@example.org"]
     report = send(env)
@@ -137,7 +136,7 @@ def test_in_flight_rows_of_a_dead_sender_become_unknown_and_are_resent_only_when
 def test_a_live_sender_holds_the_issue(env):
     subscribe(env, "email,newsletters\na@example.org,weekly\n")
     record, _ = plan_or_resume(env.store, env.config, env.config.newsletter("weekly"), env.posts, env.now)
-    ledger.acquire_lease(env.store, record.id, f"{socket.gethostname()}:{os.getpid()}:alive")
+    ledger.acquire_lease(env.store, record.id, ledger.lease_owner())
     with pytest.raises(ledger.SendBusy, match=rf"issue {record.id} is being sent by .*:{os.getpid()} \(host:pid\)"):
         send(env)
     assert ledger.counts(env.store, record.id) == {"pending": 1}

@@ -14,7 +14,8 @@ def test_a_new_database_gets_every_table_at_the_newest_version(db_url):
     inspector = sa.inspect(store.engine)
     # every table store.py defines, and no other: the migrations and the Core tables agree
     assert sorted(inspector.get_table_names()) == sorted(["alembic_version", *metadata.tables])
-    assert {"deliveries", "issues", "subscribers", "subscriptions", "unsubscribes", "signups"} <= set(metadata.tables)
+    assert {"deliveries", "issues", "subscribers", "subscriptions", "unsubscribes", "signups",
+            "delivery_events"} <= set(metadata.tables)
     with store.engine.connect() as conn:
         newest = sorted(p.name[:4] for p in MIGRATIONS.joinpath("versions").glob("0*.py"))[-1]
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == newest
@@ -69,3 +70,41 @@ def test_a_bad_database_url_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match=r"cannot open the database sqlite:///.*/missing/dir/x.db"):
         (tmp_path / "missing").write_text("a file where a folder should be")
         open_store(f"sqlite:///{tmp_path}/missing/dir/x.db")
+
+
+def test_the_printed_url_hides_the_whole_password():
+    from newsletter.store import engine_safe
+
+    assert engine_safe("postgresql://bob:PG@SECRETpw4@host/db") == "postgresql://bob:***@host/db"
+    assert engine_safe("postgresql://bob:pa/ss:w@rd@host:5432/db") == "postgresql://bob:***@host:5432/db"
+    assert engine_safe("postgresql://bob:s3cret@host/db") == "postgresql://bob:***@host/db"
+    assert engine_safe("postgresql://bob@host/db?password=s3cret&sslmode=require") == \
+        "postgresql://bob@host/db?password=***&sslmode=require"
+    assert engine_safe("sqlite:////srv/news@letter/x.db") == "sqlite:////srv/news@letter/x.db"
+    assert engine_safe("not a url") == "an invalid URL"
+
+
+def test_a_uri_filename_makes_no_folder(tmp_path, monkeypatch):
+    """`sqlite:///file:...?uri=true` names a URI, not a folder to create (it used to make ./file:)."""
+    monkeypatch.chdir(tmp_path)
+    store = open_store(f"sqlite:///file:{tmp_path}/x.db?uri=true")
+    store.engine.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
+
+
+def test_database_faults_are_store_errors_and_constraint_errors_are_not(tmp_path):
+    import pytest
+
+    from newsletter.store import StoreError
+
+    (tmp_path / "text.db").write_text("not a database")
+    with pytest.raises(StoreError, match=r"^cannot open the database sqlite:///.*/text.db: the file is not an SQLite "
+                                         r"database; set \[database\] url to") as caught:
+        open_store(f"sqlite:///{tmp_path}/text.db")
+    import sqlite3
+
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)  # the driver's own error, chained
+    store = open_store(f"sqlite:///{tmp_path}/good.db")
+    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO settings (key, value) VALUES ('k', 'v'), ('k', 'w')"))
+    store.engine.dispose()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from newsletter import subscribers as subs
 from newsletter.store import open_store
-from newsletter.subscribers import ImportRejected, export_csv, find, import_csv, iter_subscribers
+from newsletter.subscribers import COLUMNS, ImportRejected, export_csv, find, import_csv, iter_subscribers
 
 from .conftest import FIXED_NOW, FIXTURES, ROOT
 
@@ -33,7 +33,7 @@ def test_every_bad_row_is_reported_with_its_line_and_nothing_is_imported(env):
         (3, "'not-an-address' is not a valid address: An email address must have an @-sign."),
         (4, "duplicate of line 2 (GOOD.ONE@example.org)"),
         (5, "category 'Culture' is not one of newsletter 'lab''s categories (Technology, Science)"),
-        (6, "the name field contains a line break"),
+        (6, "the name field contains a line break; remove it"),
         (8, "has 2 fields; the header has 5"),
         (9, "has 6 fields; the header has 5"),
         (10, "unknown newsletter 'daily' (known: lab, weekly)"),
@@ -77,10 +77,104 @@ def test_nobody_who_left_is_resubscribed_without_the_operators_word(env):
     assert everyone(env)["bounced@example.org"][1] == "active"
 
 
-def test_newsletter_option_fills_empty_cells_and_any_category_is_accepted_when_none_are_listed(env):
-    report = load(env, "email,categories\nx@example.org,Astrology\ny@example.org,\n", newsletter="weekly")
+def test_newsletter_option_fills_empty_cells(env):
+    report = load(env, "email,categories\nx@example.org,science\ny@example.org,\n", newsletter="weekly")
     assert report.added == 2
-    assert everyone(env)["x@example.org"][2] == {"weekly": ("Astrology",)}
+    assert everyone(env)["x@example.org"][2] == {"weekly": ("Science",)}
+    assert everyone(env)["y@example.org"][2] == {"weekly": ()}
+
+
+def test_a_newsletter_of_every_category_takes_only_categories_the_site_has(env):
+    """Nobody is signed up for a category no post has: every issue would skip them."""
+    with pytest.raises(ImportRejected) as caught:
+        load(env, "email,newsletters,categories\nx@example.org,weekly,Astrology\ny@example.org,weekly;lab,"
+                  "weekly:Travel;lab:Science\nz@example.org,weekly,TRAVEL;culture\n")
+    assert [(p.line, p.message) for p in caught.value.problems] == [
+        (2, "category 'Astrology' is not a category of any post on the site (categories: Culture, Science, "
+            "Technology, Travel); newsletter 'weekly' carries every category, so only those can be chosen"),
+    ]
+    report = load(env, "email,newsletters,categories\ny@example.org,weekly;lab,weekly:Travel;lab:Science\n"
+                       "z@example.org,weekly,TRAVEL;culture\n")
+    assert report.added == 2
+    assert everyone(env)["z@example.org"][2] == {"weekly": ("Travel", "Culture")}
+    assert everyone(env)["y@example.org"][2] == {"lab": ("Science",), "weekly": ("Travel",)}
+    with pytest.raises(subs.NewsletterError, match=r"cannot add 'w@example.org': category 'Astrology' is not a "
+                                                   r"category of any post on the site"):
+        subs.add(env.store, env.config, "w@example.org", "", ("weekly",), ("Astrology",), FIXED_NOW)
+
+
+def test_the_site_categories_can_be_given_and_are_only_read_when_needed(env):
+    report = load(env, "email,newsletters,categories\nx@example.org,weekly,Astrology\n",
+                  site_categories=["astrology", "Tides"])
+    assert report.added == 1 and everyone(env)["x@example.org"][2] == {"weekly": ("astrology",)}
+    asked = []
+    checker = subs.RowChecker(env.config, site_categories=lambda: asked.append(1) or ["Science"])
+    assert isinstance(checker.check(2, {"email": "a@example.org", "newsletters": "lab", "categories": "science"}),
+                      subs.Row)
+    assert asked == []
+    for line in (3, 4):
+        checker.check(line, {"email": f"{line}@example.org", "newsletters": "weekly", "categories": "science"})
+    assert asked == [1]
+
+
+def test_a_column_named_twice_is_an_invalid_header(env):
+    with pytest.raises(ImportRejected) as caught:
+        load(env, "email,name,Name,newsletters\nx@example.org,X,Y,weekly\n")
+    assert [(p.line, p.message) for p in caught.value.problems] == [
+        (1, "column 'name' is in the header twice (columns 2 and 3); keep one")]
+    assert everyone(env) == {}
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("Ana\x00Souza", "a control character (U+0000)"),
+    ("Ana\tSouza", "a control character (U+0009)"),
+    ("Ana\x1b[31mSouza", "a control character (U+001B)"),
+    ("Ana\x85Souza", "a control character (U+0085)"),
+    ("Ana\u2028Souza", "a control character (U+2028)"),
+    ("Ana\rSouza", "a line break"),
+])
+def test_control_characters_in_a_name_refuse_the_row(env, value, reason):
+    with pytest.raises(ImportRejected) as caught:
+        load(env, f'email,name,newsletters\ngood@example.org,Good,weekly\nana@example.org,"{value}",weekly\n')
+    assert [(p.line, p.message) for p in caught.value.problems] == [(3, f"the name field contains {reason}; "
+                                                                        "remove it")]
+
+
+def test_overlong_names_and_fields_are_invalid_rows(env):
+    huge = "x" * 200_000
+    with pytest.raises(ImportRejected) as caught:
+        load(env, f"email,name,newsletters\nlong@example.org,{'n' * 201},weekly\nhuge@example.org,{huge},weekly\n"
+                  f"fine@example.org,{'n' * 200},weekly\n")
+    assert [(p.line, p.message) for p in caught.value.problems] == [
+        (2, "the name is 201 characters long; at most 200 are kept"),
+        (3, "cannot be read as CSV: a field is longer than 131072 characters, far more than any subscriber "
+            "field; is this the right file?"),
+    ]
+    report = load(env, f"email,name,newsletters\nlong@example.org,{'n' * 201},weekly\nfine@example.org,"
+                       f"{'n' * 200},weekly\n", skip_invalid=True)
+    assert report.added == 1 and everyone(env)["fine@example.org"][0] == "n" * 200
+
+
+def test_excel_safe_export_quotes_names_a_spreadsheet_would_run(env):
+    load(env, "email,name,newsletters\na@example.org,=HYPERLINK(\"http://x.example\"),weekly\n"
+              "b@example.org,+1 555,weekly\nc@example.org,-Dash,weekly\nd@example.org,@Handle,weekly\n"
+              "e@example.org,Plain = Name,weekly\n-f@example.org,F,weekly\n")
+    exact, safe = io.StringIO(), io.StringIO()
+    export_csv(env.store, exact)
+    export_csv(env.store, safe, excel_safe_names=True)
+    assert safe.getvalue().splitlines()[1:] == [
+        "a@example.org,\"'=HYPERLINK(\"\"http://x.example\"\")\",weekly,,active",
+        "b@example.org,'+1 555,weekly,,active",
+        "c@example.org,'-Dash,weekly,,active",
+        "d@example.org,'@Handle,weekly,,active",
+        "e@example.org,Plain = Name,weekly,,active",
+        "-f@example.org,F,weekly,,active",
+    ]
+    assert exact.getvalue().splitlines()[1:4] == [
+        "a@example.org,\"=HYPERLINK(\"\"http://x.example\"\")\",weekly,,active",
+        "b@example.org,+1 555,weekly,,active",
+        "c@example.org,-Dash,weekly,,active",
+    ]
 
 
 def test_addresses_are_normalised_and_unique_whatever_their_case(env):
@@ -118,27 +212,70 @@ def test_export_then_import_into_an_empty_store_gives_the_same_subscribers(env, 
     ]
 
 
-names = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20).map(str.strip)
-rows = st.lists(st.tuples(st.from_regex(r"[a-z][a-z0-9.]{0,10}[a-z0-9]", fullmatch=True), names,
-                          st.sampled_from(["weekly", "lab", "weekly;lab"]),
-                          st.sampled_from(["", "Science", "lab:Technology", "lab:Science;lab:Technology"]),
-                          st.sampled_from(subs.STATUSES)), max_size=15, unique_by=lambda r: r[0])
+SITE_CATEGORIES = ("Culture", "Science", "Technology", "Travel")
+LAB_CATEGORIES = ("Technology", "Science")
+names = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=20)
+categories = st.lists(st.sampled_from(["Science", "science", "TECHNOLOGY", "lab:Technology", "lab:science",
+                                       "weekly:Travel", "weekly:culture"]), max_size=3)
+rows = st.lists(st.tuples(st.from_regex(r"[a-z][a-z0-9.]{0,10}[a-z0-9]", fullmatch=True),
+                          st.sampled_from(["example.org", "EXAMPLE.org", "Example.Org"]), names,
+                          st.sampled_from(["weekly", "lab", "weekly;lab", " lab ; weekly "]), categories,
+                          st.sampled_from([*subs.STATUSES, "", "Active", " BOUNCED "])),
+                max_size=15, unique_by=lambda r: r[0])
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=rows)
-def test_any_valid_list_round_trips_through_export_and_import(rows, tmp_path_factory, sample_config):
+def csv_rows(generated) -> list[tuple[str, ...]]:
+    """The generated rows as CSV cells, keeping only the categories valid for the row's newsletters."""
+    out = []
+    for user, domain, name, newsletters, chosen, status in generated:
+        ids = {n.strip() for n in newsletters.split(";")}
+        valid = [c for c in chosen if c.partition(":")[0] in ids or ":" not in c]
+        if "weekly" not in ids or "lab" in ids:  # a bare category must suit every listed newsletter
+            valid = [c for c in valid if ":" in c or c.casefold() in ("science", "technology")]
+        out.append((f"{user}@{domain}", name, newsletters, ";".join(valid), status))
+    return out
+
+
+def expected_subscribers(cells) -> dict[str, tuple[str, str, dict]]:
+    """What the importer documents it stores for valid rows: the address with its domain in lower case,
+    the name without surrounding spaces, the status in lower case (empty: active), and for each listed
+    newsletter its categories, a bare one going to every newsletter, spelled as the newsletter (or, for one
+    carrying every category, the site) spells them, each once, in the order given."""
+    expected = {}
+    for address, name, newsletters, chosen, status in cells:
+        user, _, domain = address.partition("@")
+        held = {n.strip(): [] for n in newsletters.split(";")}
+        for item in filter(None, chosen.split(";")):
+            target, _, category = item.rpartition(":")
+            for newsletter in [target] if target else list(held):
+                offered = LAB_CATEGORIES if newsletter == "lab" else SITE_CATEGORIES
+                spelled = next(c for c in offered if c.casefold() == category.casefold())
+                if spelled not in held[newsletter]:
+                    held[newsletter].append(spelled)
+        expected[f"{user}@{domain.lower()}"] = (name.strip(), status.strip().lower() or "active",
+                                                {n: tuple(c) for n, c in held.items()})
+    return expected
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(generated=rows)
+def test_any_valid_list_imports_as_written_and_round_trips_through_export(generated, tmp_path_factory,
+                                                                           sample_config):
     folder = tmp_path_factory.mktemp("roundtrip")
     first = open_store(f"sqlite:///{folder}/a.db")
     second = open_store(f"sqlite:///{folder}/b.db")
-    text = subs_csv([("email", "name", "newsletters", "categories", "status")] + [
-        (f"{user}@example.org", name, newsletters, categories if "lab" in newsletters or ":" not in categories
-         else "", status) for user, name, newsletters, categories, status in rows])
+    cells = csv_rows(generated)
+    text = subs_csv([COLUMNS] + cells)
     config = sample_config
-    import_csv(first, config, io.StringIO(text), "x.csv", FIXED_NOW, skip_invalid=True)
+    report = import_csv(first, config, io.StringIO(text), "x.csv", FIXED_NOW, site_categories=SITE_CATEGORIES)
+    assert (report.added, report.invalid) == (len(cells), [])
+    assert {s.email: (s.name, s.status, s.newsletters) for s in iter_subscribers(first)} == \
+        expected_subscribers(cells)
     exported = io.StringIO()
     export_csv(first, exported)
-    import_csv(second, config, io.StringIO(exported.getvalue()), "y.csv", FIXED_NOW)
+    import_csv(second, config, io.StringIO(exported.getvalue()), "y.csv", FIXED_NOW,
+               site_categories=SITE_CATEGORIES)
     again = io.StringIO()
     export_csv(second, again)
     assert again.getvalue() == exported.getvalue()

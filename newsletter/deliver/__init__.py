@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config import Config
 from .base import Provider
 
+if TYPE_CHECKING:
+    from ..store import Store
 
-def make_provider(config: Config, name: str | None = None) -> Provider:
-    """The provider named (or `[delivery] provider`), set up from the config and the environment."""
+
+def make_provider(config: Config, name: str | None = None, store: Store | None = None) -> Provider:
+    """The provider named (or `[delivery] provider`), set up from the config and the environment; with the
+    store, SMTP messages carry a per-delivery bounce address signed with its secret when one is configured."""
     name = name or config.delivery.provider
     delivery = config.delivery
     if name == "outbox":
@@ -15,9 +21,11 @@ def make_provider(config: Config, name: str | None = None) -> Provider:
 
         return OutboxProvider(delivery.outbox, delivery.batch_size)
     if name == "smtp":
+        from ..verp import bounce_addresses
         from .smtp import SmtpProvider
 
-        return SmtpProvider(delivery.smtp, delivery.batch_size)
+        bounces = bounce_addresses(delivery.smtp.bounce_address, store.secret()) if store is not None else None
+        return SmtpProvider(delivery.smtp, delivery.batch_size, bounces=bounces)
     if name == "sendgrid":
         from .sendgrid import SendgridProvider
 

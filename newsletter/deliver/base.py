@@ -36,6 +36,11 @@ class RetryBatch(Exception):
         self.after = after
 
 
+class RateLimited(RetryBatch):
+    """The provider asked us to slow down (HTTP 429): not a failure. The send waits as asked and goes on,
+    without counting it against `max_attempts`, until the send's deadline."""
+
+
 class SplitBatch(Exception):
     """The request was too large: send the batch again in halves."""
 
@@ -120,6 +125,11 @@ class Provider:
 
     def close(self) -> None:
         """Release connections."""
+
+    def pause(self) -> float:
+        """Seconds to wait before the next request, when the provider's rate-limit headers said its quota is
+        spent until a reset; 0 to go on at once."""
+        return 0.0
 
     def send(self, batch: Batch) -> list[Outcome]:
         """Send every envelope of the batch; one Outcome each, in order. May raise RetryBatch, SplitBatch

@@ -7,8 +7,10 @@ provider is called and marked after it answers, so a crash at any point leaves r
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -16,15 +18,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .. import ledger
+from ..clock import format_duration
 from ..config import Config, NewsletterConfig
-from ..digest import Variants
-from ..errors import NewsletterError
-from ..plan import next_issue
+from ..digest import Variants, check_newsletters
+from ..errors import ConfigError, NewsletterError
+from ..plan import next_issue, period_of, plan_or_resume
 from ..posts import Post
 from ..render import Digest, Recipient
 from ..store import Store, utcnow
 from ..tokens import TEST_SUBSCRIBER, Tokens
-from .base import Batch, Envelope, Outcome, Provider, RetryBatch, SplitBatch, StopSend
+from .base import Batch, Envelope, Outcome, Provider, RateLimited, RetryBatch, SplitBatch, StopSend
 
 EXIT_UNKNOWN = 3
 LINKS_WARNING = ("[web] base_url is not set, so unsubscribe and preferences links point at the blog "
@@ -48,6 +51,7 @@ class SendReport:
     counts: Counter = field(default_factory=Counter)
     recovered: int = 0
     retried_unknown: int = 0
+    created: bool = False
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -55,17 +59,35 @@ class SendReport:
         return EXIT_UNKNOWN if self.counts.get("unknown") else 0
 
 
+class SendStopped(NewsletterError):
+    """The send was asked to stop (SIGTERM, Ctrl-C, a daemon shutting down); what was not sent stays pending."""
+
+
 class Sender:
-    """Works one issue through a provider until every delivery is final, or the send must stop."""
+    """Works one issue through a provider until every delivery is final, or the send must stop.
+
+    `stop`, when set, ends the send after the request in hand: what is claimed but untried is released as
+    pending, the lease is given up, and SendStopped is raised. `sleep` waits between retries (tests pass a fake
+    one)."""
 
     def __init__(self, store: Store, config: Config, newsletter: NewsletterConfig, provider: Provider, *,
                  progress: Callable[[list[ledger.Mark]], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] | None = None, stop: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 checks: Callable[[list[str]], None] | None = None):
         self.store, self.config, self.newsletter, self.provider = store, config, newsletter, provider
+        # told the pre-send warnings (links, what mail clients would show badly) before anything is sent; it may
+        # raise to stop the send then (--strict does)
+        self.checks = checks or (lambda warnings: None)
         self.progress = progress or (lambda marks: None)
-        self.sleep = sleep
+        self.stop = stop
+        self.sleep = sleep or (stop.wait if stop is not None else time.sleep)
+        self.clock = clock
+        self.deadline = float("inf")
         self.owner = ledger.lease_owner()
         self.claimed: set[int] = set()
+        self.in_flight: set[int] = set()  # handed to the provider, no answer yet
+        self.heartbeat: ledger.Heartbeat | None = None
 
     def run(self, record: ledger.IssueRecord, now: datetime, *, retry_unknown: bool = False) -> SendReport:
         report = SendReport(self.newsletter.id, record.period, record.id, record.number, posts=len(record.posts))
@@ -75,33 +97,57 @@ class Sender:
             report.skipped_issue = True
             return report
         ledger.acquire_lease(self.store, record.id, self.owner)
+        self.deadline = self.clock() + self.config.delivery.deadline.total_seconds()
         try:
-            report.recovered = ledger.recover_in_flight(self.store, record.id)
-            if retry_unknown:
-                report.retried_unknown = ledger.retry_unknown(self.store, record.id)
-            variants = Variants(self.store, self.config, self.newsletter, record)
-            tokens = Tokens(self.store.secret())
-            token = secrets.token_hex(8)
-            try:
-                self.provider.open()
-                self._loop(record, variants, tokens, token, now)
-            except (RetryBatch, StopSend) as err:
-                # The provider did not take these: give them back. Any other error leaves the batch `sending`,
-                # which the next run reports as unknown, since then nobody can say what went out.
-                ledger.release(self.store, sorted(self.claimed))
-                if isinstance(err, RetryBatch):
-                    raise ProviderUnavailable(f"{self.provider.name}: {err}; the rest stays pending, run send "
-                                              "again later") from err
-                raise
-            finally:
-                self.provider.close()
+            with ledger.Heartbeat(self.store, record.id, self.owner) as self.heartbeat:
+                # Only rows the operator has seen as unknown are retried: those a dead process left in flight
+                # are turned unknown after, and reported for the operator to decide.
+                if retry_unknown:
+                    report.retried_unknown = ledger.retry_unknown(self.store, record.id)
+                report.recovered = ledger.recover_in_flight(self.store, record.id)
+                variants = Variants(self.store, self.config, self.newsletter, record)
+                report.warnings += self._precheck(record, variants)
+                self.checks(report.warnings)
+                self._work(record, variants, now)
             ledger.finish(self.store, record.id)
             report.variants = variants.rendered
-            report.warnings += sorted({str(check) for digest in variants.digests for check in digest.checks})
         finally:
             ledger.release_lease(self.store, record.id, self.owner)
         report.counts = ledger.counts(self.store, record.id)
         return report
+
+    def _precheck(self, record: ledger.IssueRecord, variants: Variants) -> list[str]:
+        """Render (or load) every variant still to be sent, before anything goes, and return what the checks
+        of the newly rendered ones found."""
+        for audience, _count in ledger.pending_audiences(self.store, record.id):
+            if audience is not None:
+                variants.for_categories(audience)
+        return sorted({str(check) for digest in variants.digests for check in digest.checks})
+
+    def _work(self, record: ledger.IssueRecord, variants: Variants, now: datetime) -> None:
+        tokens = Tokens(self.store.secret())
+        token = secrets.token_hex(8)
+        try:
+            self.provider.open()
+            self._loop(record, variants, tokens, token, now)
+        except BaseException as err:
+            # What the provider was never handed goes back to pending, whatever stopped the send (a refusal,
+            # Ctrl-C during a backoff, a stop request, a lost lease). What it was handed and did not answer
+            # stays `sending`, which the next run reports as unknown: nobody can say whether it went out.
+            ledger.release(self.store, sorted(self.claimed - self.in_flight))
+            if isinstance(err, RetryBatch):
+                raise ProviderUnavailable(f"{self.provider.name}: {err}; the rest stays pending, run send "
+                                          "again later") from err
+            raise
+        finally:
+            self.provider.close()
+
+    def _check(self) -> None:
+        """Before anything goes to the provider: still ours, and not asked to stop."""
+        if self.heartbeat is not None:
+            self.heartbeat.check()
+        if self.stop is not None and self.stop.is_set():
+            raise SendStopped(f"{self.newsletter.id}: the send was stopped; what was not sent stays pending")
 
     def _loop(self, record: ledger.IssueRecord, variants: Variants, tokens: Tokens, token: str,
               now: datetime) -> None:
@@ -109,9 +155,14 @@ class Sender:
         then whatever is left (retries come due, rows planned before audiences were kept)."""
         while True:
             for audiences in self._variant_groups(record, variants):
-                while claimed := ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size,
-                                              token, audiences):
+                while True:
+                    self._check()
+                    claimed = ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size,
+                                           token, audiences)
+                    if not claimed:
+                        break
                     self._process(record, claimed, variants, tokens, now)
+            self._check()
             claimed = ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size, token)
             if claimed:
                 self._process(record, claimed, variants, tokens, now)
@@ -119,7 +170,7 @@ class Sender:
             due = ledger.next_retry(self.store, record.id)
             if due is None:
                 return
-            self._wait((due - utcnow()).total_seconds(), record.id)
+            self._wait((due - utcnow()).total_seconds())
 
     def _variant_groups(self, record: ledger.IssueRecord, variants: Variants) -> list[list[str]]:
         groups: dict[int, tuple[int, list[str]]] = {}
@@ -155,7 +206,6 @@ class Sender:
         self._record(skips)
         for digest, envelopes in groups.values():
             self._deliver(self._batch(record, digest, envelopes, now))
-        ledger.renew_lease(self.store, record.id, self.owner)
 
     def _batch(self, record: ledger.IssueRecord, digest: Digest, envelopes: list[Envelope],
                now: datetime) -> Batch:
@@ -163,26 +213,67 @@ class Sender:
         return Batch(record.id, f"{self.newsletter.id}-{record.period}", self.newsletter.id, self.newsletter.title,
                      digest, tuple(envelopes), delivery.from_addr, delivery.reply_to, now)
 
+    def _still_wanted(self, batch: Batch) -> Batch | None:
+        """The batch less anyone who left since it was claimed (recorded as skipped); None when nobody is left."""
+        gone = ledger.unreachable(self.store, self.newsletter.id, [e.delivery_id for e in batch.envelopes])
+        if not gone:
+            return batch
+        self._record([ledger.Mark(delivery_id, "skipped", reason) for delivery_id, reason in gone.items()])
+        kept = tuple(e for e in batch.envelopes if e.delivery_id not in gone)
+        return dataclasses.replace(batch, envelopes=kept) if kept else None
+
     def _deliver(self, batch: Batch, attempt: int = 1) -> None:
-        try:
-            outcomes = self.provider.send(batch)
-        except SplitBatch:
-            for half in batch.split():
-                self._deliver(half, attempt)
-            return
-        except RetryBatch as err:
-            if attempt >= self.config.delivery.max_attempts:
+        """Hand one batch to the provider until it answers for every envelope. A 429 is waited out as the
+        provider says without counting as an attempt; other refusals count against max_attempts; every wait
+        must end within the send's deadline."""
+        limited = 0
+        while True:
+            self._check()
+            batch = self._still_wanted(batch)
+            if batch is None:
+                return
+            if (pause := self.provider.pause()) > 0:
+                self._wait(self._within_deadline(pause, f"{self.provider.name}: the rate limit's quota is spent"))
+                continue  # re-check who is still wanted after the wait
+            self.in_flight = {e.delivery_id for e in batch.envelopes}
+            try:
+                outcomes = self.provider.send(batch)
+            except SplitBatch:
+                self.in_flight = set()
+                for half in batch.split():
+                    self._deliver(half, attempt)
+                return
+            except RateLimited as err:
+                self.in_flight = set()
+                limited += 1
+                wait = err.after if err.after is not None else min(60.0, 2.0 ** limited)
+                self._wait(self._within_deadline(wait, f"{self.provider.name}: {err}"))
+                continue
+            except RetryBatch as err:
+                self.in_flight = set()
+                if attempt >= self.config.delivery.max_attempts:
+                    raise
+                wait = err.after if err.after is not None else (
+                    self.config.delivery.retry_delay * 2 ** (attempt - 1) * random.uniform(1.0, 1.25))
+                self._wait(self._within_deadline(wait, f"{self.provider.name}: {err}"))
+                attempt += 1
+                continue
+            except StopSend as err:
+                self.in_flight = set()
+                if err.outcomes:
+                    self._record_outcomes(batch, err.outcomes)
                 raise
-            wait = err.after if err.after is not None else (
-                self.config.delivery.retry_delay * 2 ** (attempt - 1) * random.uniform(1.0, 1.25))
-            self._wait(wait, batch.issue_id)
-            self._deliver(batch, attempt + 1)
+            self._record_outcomes(batch, outcomes)
+            self.in_flight = set()
             return
-        except StopSend as err:
-            if err.outcomes:
-                self._record_outcomes(batch, err.outcomes)
-            raise
-        self._record_outcomes(batch, outcomes)
+
+    def _within_deadline(self, wait: float, why: str) -> float:
+        """`wait`, unless waiting that long would end past the send's deadline: then the send stops."""
+        if self.clock() + wait > self.deadline:
+            raise ProviderUnavailable(f"{why}; the send's deadline ({format_duration(self.config.delivery.deadline)}"
+                                      ") would pass before the provider takes more, so the send stops and the rest "
+                                      "stays pending; run send again later")
+        return wait
 
     def _record_outcomes(self, batch: Batch, outcomes: list[Outcome]) -> None:
         marks = []
@@ -201,14 +292,47 @@ class Sender:
         self.claimed.difference_update(m.delivery_id for m in recorded)
         self.progress(recorded)
 
-    def _wait(self, seconds: float, issue_id: int) -> None:
-        """Sleep, renewing the lease so a long backoff does not hand the issue to another process."""
-        left = max(0.0, seconds)
-        while left > 0:
-            chunk = min(left, ledger.LEASE_SECONDS / 4)
-            self.sleep(chunk)
-            left -= chunk
-            ledger.renew_lease(self.store, issue_id, self.owner)
+    def _wait(self, seconds: float) -> None:
+        """Wait before a retry. The heartbeat keeps the lease meanwhile; a stop request ends the wait at once
+        (the default sleep is then the stop event's own wait), and the check after it stops the send."""
+        self._check()
+        if seconds > 0:
+            self.sleep(seconds)
+        self._check()
+
+
+def send_newsletter(store: Store, config: Config, newsletter: NewsletterConfig, provider: Provider,
+                    posts: Sequence[Post], now: datetime, *, period: str | None = None, retry_unknown: bool = False,
+                    starting: Callable[[ledger.IssueRecord, bool], Callable | None] | None = None,
+                    finished: Callable[[SendReport], None] | None = None,
+                    stop: threading.Event | None = None,
+                    checks: Callable[[list[str]], None] | None = None) -> list[SendReport]:
+    """Send the newsletter's issue for `period` (a manual send's by default), finishing any unfinished earlier
+    issue of it first, so that a send cut short is never orphaned by the next one. `starting(record, created)`
+    is told of each issue before it is worked and may return a progress callback; `finished` gets each report;
+    `checks` gets each issue's pre-send warnings before anything of it is sent (see Sender).
+    """
+    problems = check_newsletters(config, posts, now, [newsletter])
+    if problems:  # nothing is planned that could not be rendered
+        raise ConfigError(problems)
+    wanted = period or period_of(now, config, newsletter)
+    reports: list[SendReport] = []
+    worked: set[int] = set()
+    while True:
+        record, created = plan_or_resume(store, config, newsletter, posts, now, wanted)
+        if record.id in worked:
+            raise NewsletterError(f"{newsletter.id}: issue {record.id} ({record.period}) is still unfinished "
+                                  f"after a send; see `newsletter status {record.id}`")
+        worked.add(record.id)
+        progress = starting(record, created) if starting else None
+        report = Sender(store, config, newsletter, provider, progress=progress, stop=stop, checks=checks).run(
+            record, now, retry_unknown=retry_unknown)
+        report.created = created
+        reports.append(report)
+        if finished:
+            finished(report)
+        if record.period == wanted:
+            return reports
 
 
 def send_test_copy(store: Store, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],

@@ -4,7 +4,10 @@ The HTML and text of a variant go once per request; each subscriber is one perso
 address, substitutions for their personal fields (escaped for HTML, text and the Subject separately), their
 List-Unsubscribe headers, and custom_args naming the issue and delivery. How answers are classified:
 - 202 (or 200 in sandbox mode): sent; X-Message-Id is kept.
-- 429 and 5xx: not taken; retried after X-RateLimit-Reset or Retry-After when given.
+- 429: SendGrid saying "slow down": waited out as its headers say, not counted as a failed attempt; and when
+  an answer says the quota is spent (X-RateLimit-Remaining: 0), the next request waits for X-RateLimit-Reset,
+  so that 429s stay rare instead of being retried.
+- 5xx: not taken; retried after Retry-After or X-RateLimit-Reset when given, within max_attempts.
 - 400 naming personalizations: those recipients failed with SendGrid's message; the others go again.
 - 413: the request was too large; sent again in halves.
 - any other 400, 401, 403: the send stops with SendGrid's words, the batch left pending.
@@ -14,6 +17,7 @@ The API key comes from SENDGRID_API_KEY and is never printed.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import http.client
 import json
@@ -21,15 +25,14 @@ import os
 import re
 import time
 import urllib.error
-from email.utils import parseaddr
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from ..config import SendgridConfig
-from ..message import header_text
+from ..message import AddressError, address, domain_of, header_text, mailbox
 from ..render import PERSONAL_FIELDS, marker
-from .base import Batch, Outcome, Provider, RetryBatch, SplitBatch, StopSend
+from .base import Batch, Outcome, Provider, RateLimited, RetryBatch, SplitBatch, StopSend
 
 KEY_VARIABLE = "SENDGRID_API_KEY"
 _PERSONALIZATION = re.compile(r"^personalizations\.(\d+)")
@@ -41,19 +44,38 @@ def _tag(context: str, field: str) -> str:
 
 
 def _address(text: str) -> dict[str, str]:
-    name, email = parseaddr(header_text(text))
-    return {"email": email, "name": name} if name else {"email": email}
+    """A configured address (From, Reply-To) as SendGrid takes it, its domain in IDNA form."""
+    found = address(text)
+    email = f"{found.username}@{found.domain}"
+    return {"email": email, "name": found.display_name} if found.display_name else {"email": email}
+
+
+def _recipient_email(text: str) -> str:
+    """A subscriber's address as SendGrid's schema takes it (format: email, ASCII): an internationalised domain
+    in IDNA form; an address whose local part is not ASCII cannot go (AddressError says so)."""
+    box = mailbox(text)
+    if box.smtputf8:
+        raise AddressError(f"{text!r} has a local part that is not ASCII, which SendGrid's Mail Send does not take;"
+                           " send to it over SMTP with SMTPUTF8")
+    return box.addr_spec
 
 
 class SendgridProvider(Provider):
     name = "sendgrid"
 
-    def __init__(self, config: SendgridConfig, api_key: str | None = None):
+    def __init__(self, config: SendgridConfig, api_key: str | None = None, clock=time.time):
         self.config = config
+        self.clock = clock
+        self.resume_at = 0.0  # a Unix time: the quota is spent until then
         self.batch_size = config.batch_size
         self.api_key = api_key if api_key is not None else os.environ.get(KEY_VARIABLE)
         if not self.api_key:
             raise StopSend(f"the sendgrid provider needs an API key in the environment variable {KEY_VARIABLE}")
+        wrong = next((i for i, c in enumerate(self.api_key) if not ("!" <= c <= "~")), None)
+        if wrong is not None:
+            # it would fail only once a batch is claimed, in the HTTP header, and leave that batch unknown
+            raise StopSend(f"{KEY_VARIABLE} holds a space, line break or non-ASCII character (at position "
+                           f"{wrong + 1}), which no API key has; set it to the key exactly as SendGrid shows it")
         self.client = SendGridAPIClient(api_key=self.api_key, host=config.api_host)
 
     def payload(self, batch: Batch) -> dict:
@@ -70,7 +92,7 @@ class SendgridProvider(Provider):
         for envelope in batch.envelopes:
             recipient = envelope.recipient
             values = {f: str(getattr(recipient, f) or "") for f in used}
-            to = {"email": recipient.email}
+            to = {"email": _recipient_email(recipient.email)}
             if header_text(recipient.name):
                 to["name"] = header_text(recipient.name)
             personalization = {
@@ -94,34 +116,58 @@ class SendgridProvider(Provider):
                         {"type": "text/html", "value": tagged(digest.html, "html")}],
             "categories": [batch.newsletter_id],
             "headers": {"List-Id": f"{header_text(batch.newsletter_title)} <{batch.newsletter_id}."
-                                   f"{_address(batch.sender)['email'].rpartition('@')[2]}>"},
+                                   f"{domain_of(batch.sender)}>"},
         }
         if batch.reply_to:
             body["reply_to"] = _address(batch.reply_to)
         return body
 
     def send(self, batch: Batch) -> list[Outcome]:
+        """Send the batch; a recipient whose address SendGrid cannot take fails alone, and the rest go."""
+        refused = {}
+        for i, envelope in enumerate(batch.envelopes):
+            try:
+                _recipient_email(envelope.recipient.email)
+            except AddressError as err:
+                refused[i] = Outcome.failed(str(err))
+        if not refused:
+            return self._post(batch)
+        kept = [e for i, e in enumerate(batch.envelopes) if i not in refused]
+        answered = iter(self._post(dataclasses.replace(batch, envelopes=tuple(kept))) if kept else ())
+        return [refused[i] if i in refused else next(answered) for i in range(len(batch.envelopes))]
+
+    def _post(self, batch: Batch) -> list[Outcome]:
         try:
             response = self.client.client.mail.send.post(request_body=self.payload(batch),
                                                          timeout=self.config.timeout)
         except HTTPError as err:
+            self._note_quota(err.headers)
             return self._refused(err, batch)
         except urllib.error.URLError as err:
             raise RetryBatch(f"SendGrid at {self.config.api_host} could not be reached: {err.reason}") from err
         except (OSError, http.client.HTTPException) as err:
             return [Outcome.unknown(f"the request to SendGrid went out but no answer came back: {err!r}")
                     for _ in batch.envelopes]
+        self._note_quota(response.headers)
         message_id = _header(response.headers, "X-Message-Id")
         return [Outcome.sent(message_id) for _ in batch.envelopes]
+
+    def _note_quota(self, headers) -> None:
+        remaining, reset = _header(headers, "X-RateLimit-Remaining"), _header(headers, "X-RateLimit-Reset")
+        if remaining is not None and remaining.strip() == "0" and reset and reset.strip().isdigit():
+            self.resume_at = float(reset)
+
+    def pause(self) -> float:
+        return max(0.0, self.resume_at - self.clock())
 
     def _refused(self, err: HTTPError, batch: Batch) -> list[Outcome]:
         status = err.status_code
         errors = _errors(err.body)
         words = "; ".join(e.get("message") or "" for e in errors) or str(err.reason)
         if status == 429:
-            raise RetryBatch(f"SendGrid rate limit (429): {words}", _wait(err.headers))
+            raise RateLimited(f"SendGrid rate limit (429): {words}", _wait(err.headers, self.clock))
         if status >= 500:
-            raise RetryBatch(f"SendGrid answered {status}: {words}", _wait(err.headers))
+            raise RetryBatch(f"SendGrid answered {status}: {words}", _wait(err.headers, self.clock))
         if status == 413:
             if len(batch.envelopes) == 1:
                 return [Outcome.failed(f"SendGrid 413: the message is too large ({words})")]
@@ -157,12 +203,12 @@ def _header(headers, name: str) -> str | None:
     return str(value) if value is not None else None
 
 
-def _wait(headers) -> float | None:
+def _wait(headers, clock=time.time) -> float | None:
     """Seconds to wait, from Retry-After (seconds) or X-RateLimit-Reset (a Unix time)."""
     retry_after = _header(headers, "Retry-After")
     if retry_after and retry_after.strip().isdigit():
         return float(retry_after)
     reset = _header(headers, "X-RateLimit-Reset")
     if reset and reset.strip().isdigit():
-        return max(0.0, float(reset) - time.time())
+        return max(0.0, float(reset) - clock())
     return None
