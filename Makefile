@@ -8,6 +8,8 @@ DEMO_NOW := 2026-01-05T07:00:00+00:00
 # The scheduler demo starts its clock ten seconds before the weekly newsletter's Monday 08:00 fire.
 DEMO_RUN_NOW := 2026-01-05T07:59:50+00:00
 DEMO_RUN_DB := sqlite:///$(CURDIR)/scheduled.db
+# Where the demo's emails point their unsubscribe, preferences and view links: `newsletter serve` on loopback.
+DEMO_WEB := http://127.0.0.1:8000
 
 .PHONY: demo demo-run test bench lint clean
 
@@ -20,10 +22,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/newsletter --now $(DEMO_NOW) preview --out previews
 	$(BIN)/newsletter subscribers import subscribers/sample.csv
-	$(BIN)/newsletter --now $(DEMO_NOW) send weekly
-	$(BIN)/newsletter --now $(DEMO_NOW) send lab
+	NEWSLETTER_WEB_BASE_URL=$(DEMO_WEB) $(BIN)/newsletter --now $(DEMO_NOW) send weekly
+	NEWSLETTER_WEB_BASE_URL=$(DEMO_WEB) $(BIN)/newsletter --now $(DEMO_NOW) send lab
+	$(BIN)/newsletter archive --out previews/archive
 	@echo "Previews are in previews/ (open previews/weekly.html in a browser); the sent messages are .eml files"
 	@echo "under outbox/, one per subscriber. Run make demo again: the sends resume and nobody gets a second copy."
+	@echo "The static archive is in previews/archive/ (open previews/archive/weekly/index.html)."
+	@echo "Try the subscribers' side on the demo's database: run"
+	@echo "    NEWSLETTER_WEB_BASE_URL=$(DEMO_WEB) $(BIN)/newsletter serve"
+	@echo "and open $(DEMO_WEB)/ to sign up (the confirmation email lands in outbox/signup/),"
+	@echo "$(DEMO_WEB)/archive/weekly/ for past issues and their Atom feed; the unsubscribe and preferences"
+	@echo "links in the .eml files under outbox/ lead to the same server. Ctrl-C stops it."
 	@echo "To try the scheduler daemon: make demo-run (on a database of its own, scheduled.db, it fires the weekly"
 	@echo "schedule ten seconds after it starts and sends through the outbox; Ctrl-C stops it). A one-off send:"
 	@echo "newsletter schedule at NEWSLETTER <a few seconds ahead>, then newsletter run (see README.md)."

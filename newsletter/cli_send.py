@@ -206,6 +206,10 @@ def status(state: State, issue_id: int | None, as_json: bool) -> None:
 
         for fire in list_fires(store, statuses=["missed"], limit=20):
             click.echo(f"missed fire\t{fire.newsletter}\t{fire.fire_time.isoformat()}\t{fire.period}")
+        from .cli_web import status_lines
+
+        for line in status_lines(store, state.config(), state.now(state.config())):
+            click.echo(line)
         return
     found = next((i for i in issues if i["id"] == issue_id), None)
     if found is None:

@@ -186,10 +186,13 @@ def show(state: State, email: str, as_json: bool) -> None:
     """Show one subscriber: status, newsletters and categories, dates."""
     from .subscribers import find
 
-    found = find(state.store(state.config()), email)
+    store = state.store(state.config())
+    found = find(store, email)
     if found is None:
         raise UnknownNameError(f"no subscriber {email!r}; `newsletter subscribers list` lists them")
-    data = _as_json(found)
+    from .cli_web import subscriber_record
+
+    data = {**_as_json(found), **subscriber_record(store, email)}
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
@@ -197,3 +200,9 @@ def show(state: State, email: str, as_json: bool) -> None:
         click.echo(f"{key}: {data[key]}")
     for newsletter, categories in found.newsletters.items():
         click.echo(f"newsletter {newsletter}: {', '.join(categories) or 'all categories'}")
+    for left in data["unsubscribes"]:
+        click.echo(f"unsubscribed from {left['newsletter']}: {left['at']} ({left['how']})"
+                   + (f", rejoined {left['rejoined_at']}" if left["rejoined_at"] else ""))
+    for sign in data["signups"]:
+        click.echo(f"signed up for {', '.join(sign['newsletters'])}: {sign['at']} from {sign['ip'] or 'unknown IP'}, "
+                   + (f"confirmed {sign['confirmed_at']}" if sign["confirmed_at"] else "awaiting confirmation"))

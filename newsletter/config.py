@@ -49,6 +49,7 @@ NEWSLETTER_KEYS = {
     "timezone": None,
     "catch_up": "6h",
     "max_lookback": "4w",
+    "archive": True,
 }
 DELIVERY_KEYS = {
     "from": None,
@@ -73,7 +74,17 @@ DKIM_KEY_VARIABLE = "NEWSLETTER_DKIM_PRIVATE_KEY"
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 DATABASE_KEYS = {"url": None}
 RENDER_KEYS = {"templates": "templates"}
-WEB_KEYS = {"base_url": None, "unsubscribe_mailto": None}
+WEB_KEYS = {
+    "base_url": None,
+    "unsubscribe_mailto": None,
+    "confirm_expiry": "7d",
+    "signup_limit_address": 5,
+    "signup_limit_ip": 20,
+    "signup_limit_window": "1h",
+    "max_body": 16384,
+    "allowed_origins": [],
+    "forwarded_allow_ips": "127.0.0.1",
+}
 SECTIONS = {"site": SITE_KEYS, "delivery": DELIVERY_KEYS, "database": DATABASE_KEYS, "render": RENDER_KEYS,
             "web": WEB_KEYS}
 PROVIDERS = ("outbox", "smtp", "sendgrid")
@@ -131,6 +142,8 @@ class NewsletterConfig:
     catch_up: timedelta = timedelta(hours=6)
     #: how far back an issue may reach when the previous one was long ago
     max_lookback: timedelta = timedelta(weeks=4)
+    #: whether its past issues are public (`/archive/<id>/`, the Atom feed, `newsletter archive`)
+    archive: bool = True
 
 
 @dataclass(frozen=True)
@@ -187,6 +200,19 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """`newsletter serve`: sign-up limits, the confirmation link's lifetime, the origins forms may come from."""
+
+    confirm_expiry: timedelta = timedelta(days=7)
+    signup_limit_address: int = 5
+    signup_limit_ip: int = 20
+    signup_limit_window: timedelta = timedelta(hours=1)
+    max_body: int = 16384
+    allowed_origins: tuple[str, ...] = ()
+    forwarded_allow_ips: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     site: SiteConfig
@@ -199,6 +225,7 @@ class Config:
     warnings: list[Problem] = field(default_factory=list)
     #: the mailbox List-Unsubscribe offers as a mailto: target too, when set
     unsubscribe_mailto: str | None = None
+    web: WebConfig = field(default_factory=WebConfig)
 
     def newsletter(self, newsletter_id: str) -> NewsletterConfig:
         try:
@@ -273,16 +300,18 @@ def load_config(path: Path | None, *, source_override: Path | None = None) -> Co
     newsletters = _read_newsletters(raw.get("newsletters", {}), site, check)
     delivery = _read_delivery(tables["delivery"], site, base, check)
     templates = base / check.typed(tables["render"], "render", "templates", str, "templates")
-    web_base_url = check.typed(tables["web"], "web", "base_url", str, None)
+    web_base_url = os.environ.get("NEWSLETTER_WEB_BASE_URL") or check.typed(tables["web"], "web", "base_url", str,
+                                                                             None)
     if web_base_url and not re.match(r"^https?://[^/\s]+", web_base_url):
         check.error("web.base_url", f"{web_base_url!r} must be an absolute http(s) URL")
     unsubscribe_mailto = _mailbox(tables["web"], "web", "unsubscribe_mailto", check)
     database_url = os.environ.get("NEWSLETTER_DATABASE_URL") or check.typed(
         tables["database"], "database", "url", str, None) or f"sqlite:///{base / 'newsletter.db'}"
+    web = _read_web(tables["web"], check)
     if check.errors:
         raise ConfigError(check.errors + check.warnings)
     return Config(path, site, newsletters, delivery, templates, (web_base_url or site.absolute_base).rstrip("/"),
-                  database_url, bool(web_base_url), check.warnings, unsubscribe_mailto)
+                  database_url, bool(web_base_url), check.warnings, unsubscribe_mailto, web)
 
 
 def _jekyll_config(source: Path, check: _Collector) -> dict[str, Any] | None:
@@ -430,8 +459,26 @@ def _read_newsletters(raw: Any, site: SiteConfig, check: _Collector) -> dict[str
             schedule=schedule,
             catch_up=catch_up,
             max_lookback=max_lookback,
+            archive=check.typed(table, section, "archive", bool, True),
         )
     return found
+
+
+def _read_web(table: dict, check: _Collector) -> WebConfig:
+    origins = _string_list(table, "web", "allowed_origins", check)
+    for origin in origins:
+        if not re.match(r"^https?://[^/\s]+$", origin):
+            check.error("web.allowed_origins", f"{origin!r} must be an origin like https://blog.example.org "
+                                               "(scheme and host, no path)")
+    return WebConfig(
+        confirm_expiry=_duration(table, "web", "confirm_expiry", "7d", check),
+        signup_limit_address=_number(table, "web", "signup_limit_address", 5, check, high=10_000),
+        signup_limit_ip=_number(table, "web", "signup_limit_ip", 20, check, high=100_000),
+        signup_limit_window=_duration(table, "web", "signup_limit_window", "1h", check),
+        max_body=_number(table, "web", "max_body", 16384, check, low=1024, high=10_000_000),
+        allowed_origins=tuple(o.rstrip("/") for o in origins),
+        forwarded_allow_ips=check.typed(table, "web", "forwarded_allow_ips", str, "127.0.0.1"),
+    )
 
 
 def _zone(name: str | None, key: str, check: _Collector, default: ZoneInfo) -> ZoneInfo:

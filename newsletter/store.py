@@ -359,6 +359,46 @@ schedule_fires = sa.Table(
     sa.Index("ix_schedule_fires_status", "status", "fire_time"),
 )  # fmt: skip
 
+# --- The subscribers' web side (`newsletter serve`): migration 0005 -------------------------------------------
+
+#: Each time someone left a newsletter: when and how (one-click, page, preferences, cli). `rejoined_at` is set
+#: when they came back through their signed link or a confirmed sign-up; an open row keeps imports from re-adding.
+unsubscribes = sa.Table(
+    "unsubscribes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("newsletter", sa.String(64), nullable=False),
+    sa.Column("at", Instant(), nullable=False),
+    sa.Column("how", sa.String(16), nullable=False),
+    sa.Column("rejoined_at", Instant()),
+    sa.Index("ix_unsubscribes_subscriber", "subscriber_id", "newsletter"),
+)  # fmt: skip
+
+#: Sign-ups awaiting (or past) confirmation: what was asked for, and the consent evidence (time and client IP).
+signups = sa.Table(
+    "signups", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("email_key", sa.String(320), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("newsletters", sa.Text, nullable=False),
+    sa.Column("nonce", sa.String(64), nullable=False),
+    sa.Column("created_at", Instant(), nullable=False),
+    sa.Column("ip", sa.String(64), nullable=False, server_default=""),
+    sa.Column("confirmed_at", Instant()),
+    sa.Column("confirmed_ip", sa.String(64)),
+    sa.Index("ix_signups_email_key", "email_key"),
+)  # fmt: skip
+
+#: One row per counted request (sign-ups per address and per client IP), so every `serve` process agrees.
+rate_events = sa.Table(
+    "rate_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("bucket", sa.String(80), nullable=False),
+    sa.Column("at", Instant(), nullable=False),
+    sa.Index("ix_rate_events_bucket", "bucket", "at"),
+)  # fmt: skip
+
 # --- What providers report back (events.py): one row per provider event, keyed so a repeat is recorded once.
 delivery_events = sa.Table(
     "delivery_events", metadata,

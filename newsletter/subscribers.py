@@ -28,7 +28,7 @@ from .errors import NewsletterError, Problem
 from .store import Store, as_utc, subscribers, subscriptions
 
 STATUSES = SUBSCRIBER_STATUSES
-COLUMNS = ("email", "name", "newsletters", "categories", "status")
+COLUMNS = ("email", "name", "newsletters", "categories", "status", "signed_up_at", "signup_ip")
 CHUNK = 500
 NAME_LENGTH = 200  # the width of subscribers.name
 # A spreadsheet runs a cell starting with one of these as a formula; `export_csv(excel_safe=True)` quotes them.
@@ -272,6 +272,9 @@ def _import_chunk(conn, rows: list[Row], now: datetime, source: str, resubscribe
                             .where(subscribers.c.email_key.in_(keys))).all())
     held = {(s.subscriber_id, s.newsletter): s.categories for s in conn.execute(
         sa.select(subscriptions).where(subscriptions.c.subscriber_id.in_(ids.values())))}
+    from .preferences import close_departures, open_departures
+
+    left, rejoined = open_departures(conn, list(ids.values())), []
     inserts = []
     for row in rows:
         key = email_key(row.email)
@@ -285,6 +288,11 @@ def _import_chunk(conn, rows: list[Row], now: datetime, source: str, resubscribe
             conn.execute(subscribers.update().where(subscribers.c.id == before.id).values(
                 status=row.status, name=row.name or before.name, updated_at=now))
         for newsletter, categories in row.newsletters.items():
+            if (ids[key], newsletter) in left:  # they left this newsletter themselves: never re-added silently
+                if not resubscribe:
+                    report.kept_unsubscribed.append(f"{row.email} ({newsletter})")
+                    continue
+                rejoined.append((ids[key], newsletter))
             stored = encode_categories(categories)
             previous = held.get((ids[key], newsletter))
             if previous is None:
@@ -301,6 +309,7 @@ def _import_chunk(conn, rows: list[Row], now: datetime, source: str, resubscribe
             report.unchanged += not changed
     if inserts:
         conn.execute(subscriptions.insert(), inserts)
+    close_departures(conn, rejoined, now)
 
 
 def import_csv(store: Store, config: Config, stream: TextIO, where: str, now: datetime, *,
@@ -332,16 +341,27 @@ def export_csv(store: Store, out: TextIO, *, excel_safe_names: bool = False) -> 
     With `excel_safe_names`, a name a spreadsheet would run as a formula (=, +, -, @ first) gets a leading
     quote: safe to open, but those names no longer import back as they were. Only names are free text a
     subscriber chooses; an address cannot hold a formula's parentheses, and ids and categories are the site's."""
+    from .signup import consent
+
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     count = 0
+    evidence = consent(store)  # a web sign-up's time and client IP, kept as proof of consent
     for subscriber in iter_subscribers(store):
         categories = [f"{n}:{c}" for n, cs in subscriber.newsletters.items() for c in cs]
+        held = list(subscriber.newsletters) or _left(store, subscriber.id)  # someone who left every one
+        signed_up, ip = evidence.get(email_key(subscriber.email), (None, ""))
         name = excel_safe(subscriber.name) if excel_safe_names else subscriber.name
-        writer.writerow([subscriber.email, name, ";".join(subscriber.newsletters), ";".join(categories),
-                         subscriber.status])
+        writer.writerow([subscriber.email, name, ";".join(held), ";".join(categories), subscriber.status,
+                         signed_up.isoformat() if signed_up else "", ip])
         count += 1
     return count
+
+
+def _left(store: Store, subscriber_id: int) -> list[str]:
+    from .preferences import departures
+
+    return sorted({d.newsletter for d in departures(store, subscriber_id) if d.rejoined_at is None})
 
 
 def _with_subscriptions(conn, rows: list) -> list[Subscriber]:

@@ -255,12 +255,12 @@ def test_a_utf8_file_with_a_byte_order_mark_imports(run, tmp_path):
 def test_excel_safe_export(run, tmp_path):
     name = write(tmp_path, "list.csv", "email,name,newsletters\na@example.org,=1+2,weekly\nb@example.org,Bo,weekly\n")
     assert run("subscribers", "import", name).exit_code == 0
-    assert run("subscribers", "export").stdout == ("email,name,newsletters,categories,status\n"
-                                                   "a@example.org,=1+2,weekly,,active\nb@example.org,Bo,weekly,,active\n")
+    assert run("subscribers", "export").stdout == ("email,name,newsletters,categories,status,signed_up_at,signup_ip\n"
+                                                   "a@example.org,=1+2,weekly,,active,,\nb@example.org,Bo,weekly,,active,,\n")
     safe = run("subscribers", "export", "--excel-safe", "--out", "safe.csv")
     assert safe.exit_code == 0
-    assert (tmp_path / "safe.csv").read_text() == ("email,name,newsletters,categories,status\n"
-                                                   "a@example.org,'=1+2,weekly,,active\nb@example.org,Bo,weekly,,active\n")
+    assert (tmp_path / "safe.csv").read_text() == ("email,name,newsletters,categories,status,signed_up_at,signup_ip\n"
+                                                   "a@example.org,'=1+2,weekly,,active,,\nb@example.org,Bo,weekly,,active,,\n")
 
 
 # Bugs, and output nobody reads
@@ -294,7 +294,7 @@ def test_output_cut_short_by_its_reader_is_not_an_error_report(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "newsletter", "subscribers", "export"], cwd=ROOT,
                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "NEWSLETTER_DATABASE_URL": url},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdout.readline() == b"email,name,newsletters,categories,status\n"
+    assert process.stdout.readline() == b"email,name,newsletters,categories,status,signed_up_at,signup_ip\n"
     process.stdout.close()
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 1

@@ -104,7 +104,8 @@ def test_unknown_keys_warn_but_do_not_fail(tmp_path):
         "excerpt_separator, future)",
         "colour: unknown section or key, ignored (known: site, delivery, database, render, web, newsletters)",
         "newsletters.a.max_post: unknown key, ignored (known keys: title, description, categories, "
-        "exclude_categories, max_posts, window, subject, template, schedule, timezone, catch_up, max_lookback)",
+        "exclude_categories, max_posts, window, subject, template, schedule, timezone, catch_up, max_lookback, "
+        "archive)",
     ]
 
 

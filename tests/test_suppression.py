@@ -91,7 +91,7 @@ def test_an_import_brings_nobody_back_without_resubscribe_and_export_keeps_their
         "bounced", "complained")
     out = io.StringIO()
     export_csv(env.store, out)
-    assert out.getvalue().splitlines()[1:3] == ["hard@example.org,,lab;weekly,,bounced",
-                                                "complains@example.org,,lab;weekly,,complained"]
+    assert out.getvalue().splitlines()[1:3] == ["hard@example.org,,lab;weekly,,bounced,,",
+                                                "complains@example.org,,lab;weekly,,complained,,"]
     import_csv(env.store, env.config, io.StringIO(again), "again.csv", env.now, resubscribe=True)
     assert find(env.store, "hard@example.org").status == "active"

@@ -1,0 +1,1 @@
+"""`newsletter serve`: the subscribers' web pages (unsubscribe, preferences, sign-up, archive)."""
