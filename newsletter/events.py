@@ -25,7 +25,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from .store import Store, as_utc, deliveries, delivery_events, issues, subscribers, subscriptions
+from .store import Store, as_utc, deliveries, delivery_events, issues, subscribers
 
 KINDS = ("delivered", "bounce", "dropped", "deferred", "spamreport", "unsubscribe", "group_unsubscribe", "open",
          "click")
@@ -197,9 +197,11 @@ def _apply_rules(conn, fresh: list[tuple[Event, _Target]], now: datetime, soft_b
 def leave_newsletter(conn, subscriber_id: int, newsletter: str, now: datetime) -> bool:
     """End one subscriber's subscription to one newsletter, inside the caller's transaction; False when they
     had none. This is the one place an unsubscribe event removes a subscription, so that a record of who left
-    which newsletter (and when) can be kept here too. The send skips them from the next request on."""
-    return bool(conn.execute(subscriptions.delete().where((subscriptions.c.subscriber_id == subscriber_id)
-                                                          & (subscriptions.c.newsletter == newsletter))).rowcount)
+    which newsletter (and when) is kept, as for a link's unsubscribe. The send skips them from the next request
+    on."""
+    from .preferences import leave
+
+    return leave(conn, subscriber_id, newsletter, "provider", now)
 
 
 def _soft_bounce_runs(conn, subscriber_ids: list[int], limit: int) -> list[int]:

@@ -56,12 +56,18 @@ def unsubscribe(store: Store, subscriber_id: int, newsletter: str, how: str, now
     """Leave one newsletter; True when a subscription was removed, False when there was none (idempotent).
     Someone who holds no subscription afterwards becomes `unsubscribed`."""
     with store.engine.begin() as conn:
-        removed = conn.execute(subscriptions.delete().where(
-            (subscriptions.c.subscriber_id == subscriber_id) & (subscriptions.c.newsletter == newsletter))).rowcount
-        if removed:
-            conn.execute(unsubscribes.insert().values(subscriber_id=subscriber_id, newsletter=newsletter, at=now,
-                                                      how=how))
-            _unsubscribed_when_none_left(conn, subscriber_id, now)
+        return leave(conn, subscriber_id, newsletter, how, now)
+
+
+def leave(conn, subscriber_id: int, newsletter: str, how: str, now: datetime) -> bool:
+    """`unsubscribe` inside the caller's transaction: the one place a subscription ends, with its record (when
+    and how), whoever ends it (a link, the preferences page, a provider's unsubscribe event)."""
+    removed = conn.execute(subscriptions.delete().where(
+        (subscriptions.c.subscriber_id == subscriber_id) & (subscriptions.c.newsletter == newsletter))).rowcount
+    if removed:
+        conn.execute(unsubscribes.insert().values(subscriber_id=subscriber_id, newsletter=newsletter, at=now,
+                                                  how=how))
+        _unsubscribed_when_none_left(conn, subscriber_id, now)
     return bool(removed)
 
 

@@ -445,6 +445,26 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
     return refuse(request, exc.status_code, TITLES.get(exc.status_code, "The request was refused"), detail)
 
 
+# --- what providers report back ----------------------------------------------------------------------------
+
+WEBHOOK_PATH = "/hooks/sendgrid"
+#: SendGrid posts up to thousands of events at once
+WEBHOOK_MAX_BODY = 8 * 1024 * 1024
+
+
+async def sendgrid_hook(request: Request) -> Response:
+    """SendGrid's signed Event Webhook: its ECDSA signature (not a CSRF token, not a cookie) is what makes a
+    post genuine; anything unsigned, altered or stale gets 403 and changes nothing."""
+    from ..webhooks import handle_sendgrid_webhook
+
+    web = _web(request)
+    status, message = await run_in_threadpool(handle_sendgrid_webhook, web.store, web.config, await request.body(),
+                                              request.headers, clock=web.now)
+    if status != 200:
+        log.warning("SendGrid webhook refused (%d): %s", status, message)
+    return PlainTextResponse(message + "\n", status_code=status)
+
+
 ROUTES = [
     Route("/", subscribe_page, methods=["GET"], name="home"),
     Route("/subscribe", subscribe_page, methods=["GET"], name="subscribe_page"),
@@ -460,6 +480,7 @@ ROUTES = [
     Route("/archive/{newsletter}/feed.atom", archive_feed, methods=["GET"], name="feed"),
     Route("/archive/{newsletter}/{period}/", archive_issue, methods=["GET"], name="issue"),
     Route(f"/assets/{archive.CSS_NAME}", stylesheet, methods=["GET"], name="stylesheet"),
+    Route(WEBHOOK_PATH, sendgrid_hook, methods=["POST"], name="sendgrid_hook"),
 ]
 
 
@@ -473,7 +494,7 @@ def create_app(config: Config, *, store: Store | None = None, clock: Callable[[]
     app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error})
     app.state.web = Web(config, store, clock or (lambda: datetime.now(timezone.utc)),
                         provider_factory or (lambda: make_provider(config)))
-    app.add_middleware(BodyLimit, max_body=config.web.max_body)
+    app.add_middleware(BodyLimit, max_body=config.web.max_body, larger={WEBHOOK_PATH: WEBHOOK_MAX_BODY})
     app.add_middleware(SecurityHeaders)
     app.add_middleware(PathPrefix, prefix=app.state.web.prefix)  # added last: runs first
     return app

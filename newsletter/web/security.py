@@ -145,24 +145,27 @@ class BodyLimit:
     """Refuse request bodies over `[web] max_body` bytes, declared or streamed, with 413: the error reaches the
     app's error page (Starlette's own limit answers in plain text)."""
 
-    def __init__(self, app: ASGIApp, max_body: int):
+    def __init__(self, app: ASGIApp, max_body: int, larger: dict[str, int] | None = None):
         self.app = app
         self.max_body = max_body
+        self.larger = larger or {}  # paths that take more (a provider's batch of events)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        limit = self.larger.get(path[len(root):] if root and path.startswith(root) else path, self.max_body)
         total = 0
 
         async def limited() -> Message:
             nonlocal total
-            if declared.isdigit() and int(declared) > self.max_body:
+            if declared.isdigit() and int(declared) > limit:
                 raise HTTPException(413)
             message = await receive()
             total += len(message.get("body", b""))
-            if total > self.max_body:
+            if total > limit:
                 raise HTTPException(413)
             return message
 
