@@ -6,10 +6,12 @@ code path as a send. What an issue carries is decided in `plan.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from email.utils import make_msgid
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,7 @@ from .render import (
 from .select import Selection, group_sections
 from .store import Store
 from .subscribers import decode_categories
+from .tokens import variant_token
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -83,6 +86,10 @@ class Variants:
         self._by_categories: dict[str, Digest | None] = {}
         self._by_key: dict[str, Digest] = {}
 
+    @cached_property
+    def secret(self) -> str:
+        return self.store.secret()
+
     @property
     def issue_info(self) -> IssueInfo:
         record = self.record
@@ -106,18 +113,21 @@ class Variants:
         selection = Selection(tuple(subset), group_sections(subset, self.newsletter.categories),
                               self.record.reference_time, self.record.reference_time)
         keeps = self.store is not None and bool(self.record.id)
+        info = self.issue_info
+        if keeps:  # the view link opens this very variant (a private newsletter's too)
+            info = dataclasses.replace(info, view_url=f"{info.view_url}?v={variant_token(self.secret, self.record.id, key)}")
         stored = ledger.load_variant(self.store, self.record.id, key) if keeps else None
         digest = None
         if stored is None:
             digest = render_digest(self.env, newsletter=self.newsletter, site=self.config.site,
-                                   issue=self.issue_info, selection=selection, image_sizes=self.record.image_sizes)
+                                   issue=info, selection=selection, image_sizes=self.record.image_sizes)
             if keeps and not ledger.save_variant(self.store, self.record.id, key, keys, digest.subject, digest.html,
                                                  digest.text):
                 # another process rendered and stored it at the same moment: theirs is the frozen one
                 stored, digest = ledger.load_variant(self.store, self.record.id, key), None
         if digest is None:  # the frozen one; its checks are run again, so a resumed send still reports them
             checks = tuple(check_html(stored.html, where=f"{self.newsletter.template}.html.j2"))
-            digest = Digest(self.newsletter.id, self.issue_info, selection, stored.subject, stored.html,
+            digest = Digest(self.newsletter.id, info, selection, stored.subject, stored.html,
                             stored.text, checks)
         self._by_key[key] = digest
         return digest

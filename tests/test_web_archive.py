@@ -4,6 +4,8 @@ archive`), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
+import email
+import email.policy
 import re
 import xml.etree.ElementTree as ET
 from datetime import timedelta
@@ -34,7 +36,7 @@ def test_the_archive_lists_past_issues_newest_first_with_date_subject_and_posts(
     assert page.status_code == 200
     assert page.text.count('<article class="card">') == 1
     assert ('<a href="/news/archive/weekly/2026-01-05/">Harbourlight Weekly: Measuring sea level by hand and '
-            "more</a>") in page.text
+            "9 more</a>") in page.text
     assert '<time datetime="2026-01-05T07:00:00+00:00">5 January 2026</time>' in page.text
     link = next(p.link for p in web.env.posts if p.title == "Measuring sea level by hand")
     assert f'<li><a href="{link}">Measuring sea level by hand</a></li>' in page.text
@@ -77,7 +79,7 @@ def test_the_feed_is_valid_atom(web):
     assert feed.find(f"{ATOM}updated").text == "2026-01-05T07:00:00Z"
     [entry] = feed.findall(f"{ATOM}entry")
     assert entry.find(f"{ATOM}id").text == "http://testserver/news/archive/weekly/2026-01-05/"
-    assert entry.find(f"{ATOM}title").text == "Harbourlight Weekly: Measuring sea level by hand and more"
+    assert entry.find(f"{ATOM}title").text == "Harbourlight Weekly: Measuring sea level by hand and 9 more"
     assert entry.find(f"{ATOM}link").attrib == {"rel": "alternate", "type": "text/html",
                                                 "href": "/news/archive/weekly/2026-01-05/"}
     assert entry.find(f"{ATOM}updated").text == "2026-01-05T07:00:00Z"
@@ -133,3 +135,13 @@ def later_post(env):
     return dataclasses.replace(newest, path="_posts/2026-01-12-a-later-post.md", slug="a-later-post",
                                title="A later post", date=newest.date + timedelta(days=8),
                                fixed_url="/2026/01/12/a-later-post.html")
+
+
+def test_the_view_link_in_a_sent_email_opens_that_readers_variant(web):
+    """Ana takes only Science from lab: her email's view link carries the signed key of her variant."""
+    [path] = [p for p in (web.outbox / "lab-2026-01-05").glob("*.eml") if "ana@example.org" in p.name]
+    text = email.message_from_bytes(path.read_bytes(), policy=email.policy.default).get_body(("plain",)).get_content()
+    link = re.search(r"http://testserver(/news/archive/lab/2026-01-05/\?v=\S+)", text).group(1)
+    page = web.client.get(link)
+    assert page.status_code == 200
+    assert "Measuring sea level by hand" in page.text and "A sensor for every mooring" not in page.text

@@ -8,7 +8,6 @@ with `archive = false` has no public archive; its issues open only with a signed
 
 from __future__ import annotations
 
-import hashlib
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -17,13 +16,14 @@ from pathlib import Path
 
 import jinja2
 import sqlalchemy as sa
-from itsdangerous import BadSignature, Signer
+from itsdangerous import BadSignature
 
 from .. import ledger
 from ..config import Config, NewsletterConfig
 from ..digest import Variants, view_url
 from ..render import Digest, Recipient, personalise
 from ..store import Store, issues
+from ..tokens import _view_signer, variant_token  # noqa: F401  (variant_token: the web app's name for it)
 
 ATOM = "http://www.w3.org/2005/Atom"
 CSS_NAME = "web.css"
@@ -107,15 +107,6 @@ def entry_for(store: Store, config: Config, newsletter: NewsletterConfig, period
                   for p in record.posts)
     return Entry(period, record.number, record.reference_time.astimezone(config.site.timezone), digest.subject,
                  posts, digest)
-
-
-def _view_signer(secret: str) -> Signer:
-    return Signer(secret, salt="newsletter-view", digest_method=hashlib.sha256)
-
-
-def variant_token(secret: str, issue_id: int, key: str) -> str:
-    """The signed `v=` value of a view link that opens one variant of one issue."""
-    return _view_signer(secret).sign(f"{issue_id}.{key}").decode("ascii")
 
 
 def variant_html(store: Store, secret: str, newsletter: str, period: str, token: str) -> str | None:
