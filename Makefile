@@ -50,6 +50,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/reader.py
 	$(BIN)/python bench/send.py
+	$(BIN)/python bench/dkim.py
+	$(BIN)/python bench/events.py
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff
