@@ -35,7 +35,7 @@ from .render import (
 from .select import Selection, group_sections
 from .store import Store
 from .subscribers import decode_categories
-from .tokens import variant_token
+from .tokens import checked_secret, variant_token
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -88,7 +88,7 @@ class Variants:
 
     @cached_property
     def secret(self) -> str:
-        return self.store.secret()
+        return checked_secret(self.store.secret())
 
     @property
     def issue_info(self) -> IssueInfo:

@@ -53,14 +53,20 @@ class SecretKeyError(NewsletterError):
     """The signing secret cannot be used (it came from the environment as bytes that are not text)."""
 
 
+def checked_secret(secret: str) -> str:
+    """The signing secret, once it is known to be text: SecretKeyError, naming the variable, when it is not."""
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SecretKeyError(f"the secret key ({SECRET_VARIABLE}) is not UTF-8 text (character "
+                             f"{err.start + 1}); set it to letters and digits, e.g. the output of "
+                             "`python3 -c 'import secrets; print(secrets.token_hex(32))'`") from err
+    return secret
+
+
 class Tokens:
     def __init__(self, secret: str):
-        try:
-            secret.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise SecretKeyError(f"the secret key ({SECRET_VARIABLE}) is not UTF-8 text (character "
-                                 f"{err.start + 1}); set it to letters and digits, e.g. the output of "
-                                 "`python3 -c 'import secrets; print(secrets.token_hex(32))'`") from err
+        checked_secret(secret)
         self._signers = {
             purpose: _KeyedSigner(secret, salt=f"newsletter-{purpose}") for purpose in PURPOSES
         }
