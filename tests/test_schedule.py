@@ -291,7 +291,7 @@ def test_over_max_posts_the_newest_are_carried_and_the_digest_says_how_many_more
     assert [p.title for p in record.posts] == ["Day 27", "Day 26", "Day 25", "Day 24", "Day 23"]
     assert record.more == 2
     sent = next((site.folder / "outbox").rglob("*.eml")).read_bytes()
-    assert b"2 more new posts on Dock: https://dock.example.org/" in sent
+    assert b"2 more new posts on Dock:\r\nhttps://dock.example.org/" in sent
 
 
 def test_a_late_post_with_an_earlier_date_goes_out_in_the_next_issue(site):

@@ -86,7 +86,8 @@ def test_an_import_brings_nobody_back_without_resubscribe_and_export_keeps_their
     report_on_first_issue(env)
     again = "email,newsletters\n" + "".join(f"{a},weekly;lab\n" for a in PEOPLE)
     report = import_csv(env.store, env.config, io.StringIO(again), "again.csv", env.now)
-    assert report.kept_unsubscribed == ["hard@example.org", "complains@example.org"]
+    # and the reader who left weekly through SendGrid's unsubscribe event stays out of weekly
+    assert report.kept_unsubscribed == ["hard@example.org", "complains@example.org", "leaves@example.org (weekly)"]
     assert (find(env.store, "hard@example.org").status, find(env.store, "complains@example.org").status) == (
         "bounced", "complained")
     out = io.StringIO()
