@@ -265,8 +265,10 @@ def _write(payload: bytes, out: Path, newsletter_id: str, fmt: str, several: boo
 
 
 @cli.command()
+@click.option("--dns", "look_up", is_flag=True,
+              help="Also look the DKIM, SPF and DMARC records up in DNS (needs the network).")
 @click.pass_obj
-def check(state: State) -> None:
+def check(state: State, look_up: bool) -> None:
     """Check the configuration, read every post, and render every newsletter's subject and templates against a
     sample issue, reporting every problem found."""
     from .digest import check_newsletters
@@ -291,6 +293,19 @@ def check(state: State) -> None:
         click.echo(f"{newsletter.id}: {'; '.join(newsletter.schedule)} in {newsletter.timezone.key}, next fire {when}")
     for line in dns_advice(config):  # what to publish in DNS for the From domain
         click.echo(line)
+    if look_up:
+        from .dkim import DnsLookupError, check_dns
+
+        try:
+            found = check_dns(config)
+        except DnsLookupError as err:
+            state.warn([Problem("dns", f"could not look the records up ({err}); is this machine online?")])
+            return
+        for ok, line in found:
+            if ok:
+                click.echo(f"dns: {line}")
+            else:
+                state.warn([Problem("dns", line)])
 
 
 def main() -> None:

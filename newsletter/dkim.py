@@ -183,3 +183,60 @@ def dns_advice(config: Config) -> list[str]:
     lines.append(f"_dmarc.{domain}. TXT \"v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}; adkim=r; "
                  "aspf=r\"  (DMARC: start at p=none, read the reports, then move to p=quarantine and p=reject)")
     return lines
+
+
+class DnsLookupError(Exception):
+    """DNS could not be asked (offline, no resolver): nothing can be said about the records."""
+
+
+def _txt_records(name: str) -> list[str]:
+    """The TXT strings published at `name` (each record's strings joined), through dnspython's resolver."""
+    import dns.exception
+    import dns.resolver
+
+    try:
+        answer = dns.resolver.resolve(name, "TXT", lifetime=5)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as err:
+        raise DnsLookupError(f"{name}: {err}") from err
+    return [b"".join(record.strings).decode("utf-8", "replace") for record in answer]
+
+
+def check_dns(config: Config, lookup=None) -> list[tuple[bool, str]]:
+    """Look up what `dns_advice` says to publish: (ok, what was found) for the DKIM key (when signing is
+    configured), the SPF record and the DMARC record of the From domain. `lookup(name)` gives a name's TXT
+    strings; DnsLookupError when DNS cannot be asked."""
+    lookup = lookup or _txt_records
+    delivery = config.delivery
+    domain = address(delivery.from_addr).domain
+    results = []
+    if delivery.dkim is not None:
+        dkim = delivery.dkim
+        name = f"{dkim.selector}._domainkey.{dkim.domain}"
+        want = _tag(public_key_record(dkim), "p")
+        published = [_tag(record, "p") for record in lookup(name)]
+        if want in published:
+            results.append((True, f"{name}: the published DKIM key is the signing key"))
+        elif published:
+            results.append((False, f"{name}: the published DKIM key is not the signing key; publish the record "
+                                   "`newsletter check` prints"))
+        else:
+            results.append((False, f"{name}: no DKIM record; publish the one `newsletter check` prints"))
+    spf = [r for r in lookup(domain) if r.lower().startswith("v=spf1")]
+    if len(spf) == 1:
+        results.append((True, f"{domain}: SPF record {spf[0]!r}"))
+    else:
+        results.append((False, f"{domain}: {'no SPF record' if not spf else f'{len(spf)} SPF records (only one may be published)'}"))
+    dmarc = [r for r in lookup(f"_dmarc.{domain}") if r.lower().startswith("v=dmarc1")]
+    results.append((bool(dmarc), f"_dmarc.{domain}: " + (f"DMARC record {dmarc[0]!r}" if dmarc else "no DMARC record")))
+    return results
+
+
+def _tag(record: str, name: str) -> str:
+    """One tag's value of a `tag=value; ...` record (DKIM), white space removed; "" when absent."""
+    for part in record.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip() == name:
+            return "".join(value.split())
+    return ""

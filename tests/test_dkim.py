@@ -187,3 +187,45 @@ def test_a_send_through_the_outbox_signs_every_copy(env):
     for path in written:
         message = path.read_bytes()
         assert message.startswith(b"DKIM-Signature: ") and verifies(message)
+
+
+def published(records: dict[str, list[str]]):
+    """A stand-in for DNS: the TXT strings each name publishes, nothing elsewhere."""
+    return lambda name: records.get(name, [])
+
+
+def test_check_dns_compares_what_is_published_with_what_should_be(sample_config):
+    config = dataclasses.replace(sample_config, delivery=dataclasses.replace(sample_config.delivery, dkim=CONFIG))
+    key = public_key_record(CONFIG)
+    good = {"nl2026._domainkey.harbourlight.example.org": [key],
+            "harbourlight.example.org": ["v=spf1 mx ~all", "google-site-verification=x"],
+            "_dmarc.harbourlight.example.org": ["v=DMARC1; p=none"]}
+    from newsletter.dkim import check_dns
+
+    assert check_dns(config, published(good)) == [
+        (True, "nl2026._domainkey.harbourlight.example.org: the published DKIM key is the signing key"),
+        (True, "harbourlight.example.org: SPF record 'v=spf1 mx ~all'"),
+        (True, "_dmarc.harbourlight.example.org: DMARC record 'v=DMARC1; p=none'")]
+    wrong = {**good, "nl2026._domainkey.harbourlight.example.org": [key.replace("p=MII", "p=MIJ")],
+             "harbourlight.example.org": ["v=spf1 mx ~all", "v=spf1 a -all"]}
+    del wrong["_dmarc.harbourlight.example.org"]
+    assert [ok for ok, _ in check_dns(config, published(wrong))] == [False, False, False]
+    assert check_dns(config, published(wrong))[1][1] == (
+        "harbourlight.example.org: 2 SPF records (only one may be published)")
+
+
+def test_check_dns_warns_through_the_cli_and_strict_fails(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from newsletter import dkim as dkim_module
+    from newsletter.cli import cli
+
+    from .conftest import ROOT
+
+    monkeypatch.setattr(dkim_module, "_txt_records", published({"harbourlight.example.org": ["v=spf1 mx ~all"]}))
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path}/db.sqlite")
+    result = CliRunner().invoke(cli, ["--config", str(ROOT / "newsletter.toml"), "--now", "2026-01-05T07:00:00+00:00",
+                                      "--strict", "check", "--dns"])
+    assert "dns: harbourlight.example.org: SPF record 'v=spf1 mx ~all'" in result.stdout
+    assert "warning: dns: _dmarc.harbourlight.example.org: no DMARC record" in result.stderr
+    assert result.exit_code == 1
