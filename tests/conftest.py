@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import settings
 
 from newsletter.config import Config, load_config
 from newsletter.site import read_posts
@@ -19,6 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # After every fixture post, before the fixture site's future post (2030).
 FIXED_NOW = datetime(2026, 1, 5, 7, 0, tzinfo=timezone.utc)
+
+# Property tests draw the same examples on every run: a failure is reproducible, never a matter of chance.
+settings.register_profile("newsletter", derandomize=True, print_blob=True)
+settings.load_profile("newsletter")
 
 
 def pytest_addoption(parser):
