@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .errors import NewsletterError
 from .store import Store, as_utc, subscribers, subscriptions, unsubscribes
-from .subscribers import Subscriber, _with_subscriptions, encode_categories
+from .subscribers import Subscriber, _with_subscriptions, decode_categories, encode_categories
 
 HOWS = ("one-click", "page", "preferences", "cli")
 BLOCKED = ("bounced", "complained")
@@ -62,13 +62,35 @@ def unsubscribe(store: Store, subscriber_id: int, newsletter: str, how: str, now
 def leave(conn, subscriber_id: int, newsletter: str, how: str, now: datetime) -> bool:
     """`unsubscribe` inside the caller's transaction: the one place a subscription ends, with its record (when
     and how), whoever ends it (a link, the preferences page, a provider's unsubscribe event)."""
-    removed = conn.execute(subscriptions.delete().where(
-        (subscriptions.c.subscriber_id == subscriber_id) & (subscriptions.c.newsletter == newsletter))).rowcount
+    held = (subscriptions.c.subscriber_id == subscriber_id) & (subscriptions.c.newsletter == newsletter)
+    categories = conn.execute(sa.select(subscriptions.c.categories).where(held)).scalar()
+    removed = conn.execute(subscriptions.delete().where(held)).rowcount
     if removed:
         conn.execute(unsubscribes.insert().values(subscriber_id=subscriber_id, newsletter=newsletter, at=now,
-                                                  how=how))
+                                                  how=how, categories=categories))
         _unsubscribed_when_none_left(conn, subscriber_id, now)
     return bool(removed)
+
+
+def held_before(store: Store, subscriber_id: int, newsletter: str) -> tuple[str, ...]:
+    """The categories the subscription held when they last left `newsletter`: () (every category) when they
+    never left, held every category, or left before departures kept them."""
+    with store.engine.connect() as conn:
+        stored = conn.execute(sa.select(unsubscribes.c.categories).where(
+            (unsubscribes.c.subscriber_id == subscriber_id) & (unsubscribes.c.newsletter == newsletter))
+            .order_by(unsubscribes.c.at.desc(), unsubscribes.c.id.desc()).limit(1)).scalar()
+    return decode_categories(stored or "")
+
+
+def rejoin(store: Store, subscriber_id: int, newsletter: str, offered: tuple[str, ...], now: datetime) -> tuple[str, ...]:
+    """Come back to `newsletter` with the categories held when leaving, as far as it still offers them (matched
+    without regard to case; a newsletter that lists none offers the site's); every category when none of them is
+    offered any more. Returns what was restored."""
+    before = held_before(store, subscriber_id, newsletter)
+    spelled = {c.casefold(): c for c in offered} if offered else {c.casefold(): c for c in before}
+    kept = tuple(dict.fromkeys(spelled[c.casefold()] for c in before if c.casefold() in spelled))
+    subscribe(store, subscriber_id, newsletter, kept, now)
+    return kept
 
 
 def leave_all(store: Store, subscriber_id: int, how: str, now: datetime) -> list[str]:

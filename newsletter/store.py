@@ -363,6 +363,7 @@ schedule_fires = sa.Table(
 
 #: Each time someone left a newsletter: when and how (one-click, page, preferences, cli). `rejoined_at` is set
 #: when they came back through their signed link or a confirmed sign-up; an open row keeps imports from re-adding.
+#: `categories` (migration 0007) is what the subscription held, given back when they rejoin; NULL on older rows.
 unsubscribes = sa.Table(
     "unsubscribes", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -371,6 +372,7 @@ unsubscribes = sa.Table(
     sa.Column("at", Instant(), nullable=False),
     sa.Column("how", sa.String(16), nullable=False),
     sa.Column("rejoined_at", Instant()),
+    sa.Column("categories", sa.Text),
     sa.Index("ix_unsubscribes_subscriber", "subscriber_id", "newsletter"),
 )  # fmt: skip
 

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from newsletter import preferences, subscribers
-from newsletter.store import unsubscribes
+from newsletter.store import subscriptions, unsubscribes
 
 from .web_helpers import add, csrf_of, held, make_web, path
 
@@ -295,3 +295,34 @@ def test_a_file_posted_in_place_of_a_field_is_refused_not_a_crash(web):
                                     headers={"Origin": "https://harbourlight.example.org"})
     assert signup_answer.status_code == 400 and "Please give your email address." in signup_answer.text
     assert held(web, "ana@example.org") == {"lab": ()}
+
+
+def test_rejoining_gives_back_the_categories_held_when_leaving(web):
+    ana = add(web, "ana@example.org", "weekly", "lab", categories=("Science",))
+    url = path(web, "unsubscribe", ana, "lab")
+    done = web.client.post(url, data={"action": "unsubscribe", "csrf": csrf_of(web.client.get(url).text)})
+    assert held(web, "ana@example.org") == {"weekly": ("Science",)}
+    back = web.client.post(path(web, "preferences", ana, "lab"),
+                           data={"action": "rejoin", "newsletter": "lab", "csrf": csrf_of(done.text)})
+    assert back.status_code == 200
+    assert held(web, "ana@example.org") == {"lab": ("Science",), "weekly": ("Science",)}
+
+
+def test_rejoining_keeps_only_categories_still_offered_and_older_departures_give_every_category(web):
+    ben = add(web, "ben@example.org", "lab", "weekly")
+    with web.store.engine.begin() as conn:  # chosen when lab offered Robotics too, and the site had Gardening
+        conn.execute(subscriptions.update().values(categories="science;Robotics;Gardening"))
+    assert preferences.unsubscribe(web.store, ben, "lab", "page", web.env.now)
+    assert preferences.unsubscribe(web.store, ben, "weekly", "page", web.env.now)
+    # lab offers Technology and Science, spelled as its configuration spells them; weekly lists none
+    assert preferences.rejoin(web.store, ben, "lab", ("Technology", "Science"), web.env.now) == ("Science",)
+    assert preferences.rejoin(web.store, ben, "weekly", (), web.env.now) == ("science", "Robotics", "Gardening")
+    assert preferences.unsubscribe(web.store, ben, "lab", "page", web.env.now)
+    assert preferences.rejoin(web.store, ben, "lab", ("Technology",), web.env.now) == ()
+    assert held(web, "ben@example.org") == {"lab": (), "weekly": ("science", "Robotics", "Gardening")}
+    with web.store.engine.begin() as conn:  # a departure recorded before departures kept categories
+        conn.execute(unsubscribes.update().values(categories=None))
+    assert preferences.unsubscribe(web.store, ben, "weekly", "page", web.env.now)
+    with web.store.engine.begin() as conn:
+        conn.execute(unsubscribes.update().where(unsubscribes.c.newsletter == "weekly").values(categories=None))
+    assert preferences.rejoin(web.store, ben, "weekly", (), web.env.now) == ()

@@ -277,8 +277,10 @@ async def preferences_save(request: Request) -> Response:
             log.info("subscriber %d left %s (preferences)", sid, ", ".join(left) or "nothing")
             notice = "You have left every newsletter. Tick one and save to come back."
         elif action == "rejoin" and field(form, "newsletter") in web.config.newsletters:
-            await run_in_threadpool(preferences.subscribe, web.store, sid, field(form, "newsletter"), (), web.now())
-            notice = f"Welcome back to {web.config.newsletters[field(form, 'newsletter')].title}."
+            newsletter = web.config.newsletters[field(form, "newsletter")]
+            await run_in_threadpool(preferences.rejoin, web.store, sid, newsletter.id, tuple(newsletter.categories),
+                                    web.now())
+            notice = f"Welcome back to {newsletter.title}."
         elif action == "save":
             notice = await run_in_threadpool(_save, web, sid, set(fields(form, "newsletters")),
                                              fields(form, "categories"))
