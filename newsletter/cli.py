@@ -294,7 +294,7 @@ def main() -> None:
     cli(prog_name="newsletter")
 
 
-from . import cli_events, cli_schedule, cli_send, cli_subscribers, cli_web  # noqa: E402, F401  (importing them adds their commands to `cli`)
+from . import cli_admin, cli_events, cli_schedule, cli_send, cli_subscribers, cli_web  # noqa: E402, F401  (importing them adds their commands to `cli`)
 
 if __name__ == "__main__":
     main()

@@ -63,7 +63,7 @@ class SecurityHeaders:
                 headers.setdefault("Cache-Control", "no-store")
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Referrer-Policy"] = "no-referrer"
-                headers["X-Frame-Options"] = "DENY"
+                headers.setdefault("X-Frame-Options", "DENY")  # the console frames its own previews
                 headers["Cross-Origin-Opener-Policy"] = "same-origin"
             await send(message)
 
