@@ -247,6 +247,8 @@ def test_the_preview_page_frames_the_digest_at_600_and_375_pixels_with_text_head
     assert page.headers["x-frame-options"] == "DENY"
     size = len(framed.content)
     assert f"The HTML is {round(size / 1024, 1)} KB; Gmail clips messages over 102 KB." in page.text
+    offered = re.findall(r'name="categories" value="([^"]+)"', page.text)
+    assert offered == ["Culture", "Science", "Technology", "Travel"]  # weekly takes every category: its posts'
     assert "<summary>Plain-text part</summary>" in page.text
     assert "Measuring sea level by hand" in page.text[page.text.index('<pre class="text">'):]
     headers = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]*)</td></tr>", page.text))
@@ -270,6 +272,7 @@ def test_the_preview_lists_the_pre_send_checks(web):
 @pytest.mark.parametrize("newsletter,query,arguments", [
     ("weekly", "", []),
     ("lab", "?categories=Technology", ["--categories", "Technology"]),
+    ("weekly", "?categories=Travel&categories=Culture", ["--categories", "Travel", "--categories", "Culture"]),
     ("lab", "?as=ana%40example.org", ["--as", "ana@example.org"]),
 ])
 def test_the_console_preview_is_byte_for_byte_what_the_cli_preview_writes(web, newsletter, query, arguments):

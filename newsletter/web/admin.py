@@ -220,7 +220,8 @@ def _render(web, newsletter: NewsletterConfig, address: str, categories: list[st
     posts = read_site(web.config, now).posts
     recipient, held, warning = preview_recipient(web.config, web.store, newsletter.id, address or None)
     record, digest = preview_variant(web.store, web.config, newsletter, posts, now, categories or held)
-    found = {"record": record, "digest": digest, "warning": str(warning) if warning else "",
+    offered = list(newsletter.categories) or sorted({c for post in record.posts for c in post.categories})
+    found = {"record": record, "digest": digest, "warning": str(warning) if warning else "", "offered": offered,
              "stranger": bool(address) and recipient.unsubscribe_url == sample_recipient(web.config).unsubscribe_url}
     if digest is None:
         return found
