@@ -78,12 +78,13 @@ def _say(request: Request, status: int, heading: str, *lines: str, back: str | N
 
 
 def not_set_up(request: Request) -> HTMLResponse:
-    return web_app.refuse(request, 403, "The editors' console is not set up",
-                  "No console password is configured, so the console answers only on the machine that runs "
-                  "`newsletter serve`, at http://127.0.0.1 or http://[::1] directly (not through a proxy).",
-                  "To use it from elsewhere, run `newsletter admin hash-password`, put the hash it prints in "
-                  "[web] admin_password_hash of newsletter.toml (or in the environment variable "
-                  "NEWSLETTER_ADMIN_PASSWORD_HASH), and restart `newsletter serve`.")
+    return web_app.refuse(
+        request, 403, "The editors' console is not set up",
+        "No console password is configured, so the console answers only on the machine that runs "
+        "`newsletter serve`, at http://127.0.0.1 or http://[::1] directly (not through a proxy).",
+        "To use it from elsewhere, run `newsletter admin hash-password`, put the hash it prints in "
+        "[web] admin_password_hash of newsletter.toml (or in the environment variable "
+        "NEWSLETTER_ADMIN_PASSWORD_HASH), and restart `newsletter serve`.")
 
 
 def console(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -99,7 +100,7 @@ def console(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"{_root(request)}/login?{urlencode({'next': target})}", 303)
             return web_app.refuse(request, 403, "Please sign in again",
-                          "Your console session has ended; nothing was changed.")
+                                  "Your console session has ended; nothing was changed.")
         form = None
         if request.method == "POST":
             form = await web_app.read_form(request)
@@ -125,7 +126,8 @@ def _local(moment: datetime, newsletter: NewsletterConfig) -> str:
 def _next(request: Request, target: str) -> str:
     """Where to go after signing in: a page of the console, never anywhere else."""
     root = _root(request)
-    if target.startswith(root + "/") and not any(c in target for c in "\\\r\n\t") and "//" not in target:
+    bad = any(c in target for c in "\\\r\n\t") or "//" in target or "/.." in target
+    if target.startswith(root + "/") and not bad:
         return target
     return f"{root}/"
 
