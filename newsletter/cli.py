@@ -196,8 +196,7 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
     Without NEWSLETTER, previews every configured newsletter. With a subscriber store, the preview leaves out
     posts earlier issues carried, as the send will, and --as previews a stored subscriber's own copy.
     """
-    from .digest import Variants, compose
-    from .plan import next_issue
+    from .digest import compose, preview_recipient, preview_variant
     from .render import personalise
 
     config = state.config()
@@ -209,9 +208,9 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
     all_posts = state.posts(config, now)
     store = state.store(config, create=False)
     for newsletter in newsletters:
-        recipient, chosen = _preview_recipient(state, config, store, newsletter.id, as_email)
-        record = next_issue(store, config, newsletter, all_posts, now)
-        digest = Variants(None, config, newsletter, record).for_categories(";".join(categories or chosen))
+        recipient, chosen, warning = preview_recipient(config, store, newsletter.id, as_email)
+        state.warn([warning] if warning else [])
+        record, digest = preview_variant(store, config, newsletter, all_posts, now, categories or chosen)
         if digest is None:
             click.echo(f"{newsletter.id}: nothing new in the last {format_duration(newsletter.window)}"
                        f"{' in these categories' if categories or chosen else ''}; the issue would be skipped",
@@ -233,23 +232,6 @@ def preview(state: State, newsletter_id: str | None, categories: tuple[str, ...]
             import webbrowser
 
             webbrowser.open(target.resolve().as_uri())
-
-
-def _preview_recipient(state: State, config: Config, store, newsletter_id: str, address: str | None):
-    """Who a preview is addressed to: the stored subscriber named by --as (with their categories and real
-    links) when there is one, else a sample reader. Returns (recipient, their categories)."""
-    from .digest import sample_recipient
-    from .render import Recipient
-    from .subscribers import find
-    from .tokens import Tokens
-
-    if address and store is not None and (subscriber := find(store, address)) is not None:
-        unsubscribe, preferences = Tokens(store.secret()).urls(config.web_base_url, subscriber.id, newsletter_id)
-        if newsletter_id not in subscriber.newsletters:
-            state.warn([Problem(address, f"is not subscribed to {newsletter_id}; previewing as if they were")])
-        return (Recipient(subscriber.email, subscriber.name, unsubscribe, preferences),
-                subscriber.newsletters.get(newsletter_id, ()))
-    return (sample_recipient(config, address) if address else sample_recipient(config)), ()
 
 
 def _write(payload: bytes, out: Path, newsletter_id: str, fmt: str, several: bool) -> Path | None:
@@ -312,7 +294,7 @@ def main() -> None:
     cli(prog_name="newsletter")
 
 
-from . import cli_events, cli_schedule, cli_send, cli_subscribers, cli_web  # noqa: E402, F401  (importing them adds their commands to `cli`)
+from . import cli_admin, cli_events, cli_schedule, cli_send, cli_subscribers, cli_web  # noqa: E402, F401  (importing them adds their commands to `cli`)
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,8 @@ from .errors import UnknownNameError
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="The port.")
 @click.pass_obj
 def serve(state: State, host: str, port: int) -> None:
-    """Serve unsubscribe, preferences, sign-up and the archive at [web] base_url (behind a reverse proxy).
+    """Serve unsubscribe, preferences, sign-up, the archive and the editors' console (/admin/) at [web] base_url
+    (behind a reverse proxy).
 
     Several processes may serve one PostgreSQL database: every piece of state is in it. Request lines are
     logged without tokens; uvicorn's own access log, which prints paths, is off.
@@ -36,6 +37,9 @@ def serve(state: State, host: str, port: int) -> None:
     if not config.web_base_url_set:
         click.echo(f"warning: [web] base_url is not set; links in emails point at {config.web_base_url}", err=True)
     app = create_app(config, store=store, clock=clock)
+    click.echo(f"editors' console at {config.web_base_url}/admin/ ("
+               + ("signed in with [web] admin_password_hash)" if config.web.admin_password_hash else
+                  "no password set: it answers only on 127.0.0.1 and ::1, without a proxy)"), err=True)
     click.echo(f"serving {config.web_base_url} on http://{host}:{port} (database "
                f"{engine_safe(config.database_url)})", err=True)
     uvicorn.run(app, host=host, port=port, access_log=False, proxy_headers=True,

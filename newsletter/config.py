@@ -84,6 +84,9 @@ WEB_KEYS = {
     "max_body": 16384,
     "allowed_origins": [],
     "forwarded_allow_ips": "127.0.0.1",
+    "admin_password_hash": None,
+    "admin_login_limit": 5,
+    "admin_login_window": "15m",
 }
 SECTIONS = {"site": SITE_KEYS, "delivery": DELIVERY_KEYS, "database": DATABASE_KEYS, "render": RENDER_KEYS,
             "web": WEB_KEYS}
@@ -210,6 +213,12 @@ class WebConfig:
     max_body: int = 16384
     allowed_origins: tuple[str, ...] = ()
     forwarded_allow_ips: str = "127.0.0.1"
+    #: the argon2 hash of the editors' console password (`newsletter admin hash-password`); None: the console
+    #: answers only on loopback
+    admin_password_hash: str | None = None
+    #: failed console sign-ins one client IP may make per admin_login_window
+    admin_login_limit: int = 5
+    admin_login_window: timedelta = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -478,7 +487,26 @@ def _read_web(table: dict, check: _Collector) -> WebConfig:
         max_body=_number(table, "web", "max_body", 16384, check, low=1024, high=10_000_000),
         allowed_origins=tuple(o.rstrip("/") for o in origins),
         forwarded_allow_ips=check.typed(table, "web", "forwarded_allow_ips", str, "127.0.0.1"),
+        admin_password_hash=_admin_hash(table, check),
+        admin_login_limit=_number(table, "web", "admin_login_limit", 5, check, high=1000),
+        admin_login_window=_duration(table, "web", "admin_login_window", "15m", check),
     )
+
+
+def _admin_hash(table: dict, check: _Collector) -> str | None:
+    """[web] admin_password_hash, or NEWSLETTER_ADMIN_PASSWORD_HASH (which wins): an argon2 hash, checked now
+    rather than at the first sign-in."""
+    from .web.signin import HASH_VARIABLE, hash_problem
+
+    from_environment = os.environ.get(HASH_VARIABLE)
+    value = from_environment or check.typed(table, "web", "admin_password_hash", str, None)
+    if not value:
+        return None
+    value = value.strip()
+    if why := hash_problem(value):
+        check.error("web.admin_password_hash", (f"(from {HASH_VARIABLE}) " if from_environment else "") + why)
+        return None
+    return value
 
 
 def _zone(name: str | None, key: str, check: _Collector, default: ZoneInfo) -> ZoneInfo:

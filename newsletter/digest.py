@@ -152,6 +152,36 @@ def sample_recipient(config: Config, email: str = SAMPLE_EMAIL, name: str = "Sam
     )
 
 
+def preview_recipient(config: Config, store: Store | None, newsletter_id: str,
+                      address: str | None) -> tuple[Recipient, tuple[str, ...], Problem | None]:
+    """Who a preview is addressed to: the stored subscriber at `address` (with their categories and real
+    links) when there is one, else a sample reader. Returns (recipient, their categories, a warning when
+    they are not subscribed to the newsletter)."""
+    from .subscribers import find
+    from .tokens import Tokens
+
+    if address and store is not None and (subscriber := find(store, address)) is not None:
+        unsubscribe, preferences = Tokens(store.secret()).urls(config.web_base_url, subscriber.id, newsletter_id)
+        warning = None
+        if newsletter_id not in subscriber.newsletters:
+            warning = Problem(address, f"is not subscribed to {newsletter_id}; previewing as if they were")
+        return (Recipient(subscriber.email, subscriber.name, unsubscribe, preferences),
+                subscriber.newsletters.get(newsletter_id, ()), warning)
+    return (sample_recipient(config, address) if address else sample_recipient(config)), (), None
+
+
+def preview_variant(store: Store | None, config: Config, newsletter: NewsletterConfig, posts: Sequence[Post],
+                    now: datetime, categories: Sequence[str] = ()
+                    ) -> tuple[ledger.IssueRecord, Digest | None]:
+    """What a send at `now` would carry, rendered for a reader of `categories` (none: every category), with
+    nothing recorded: the issue, and its variant (None when none of its posts are in those categories). The
+    CLI's `preview` and the editors' console both show this, and a send renders the same variant."""
+    from .plan import next_issue
+
+    record = next_issue(store, config, newsletter, posts, now)
+    return record, Variants(None, config, newsletter, record).for_categories(";".join(categories))
+
+
 def compose(config: Config, digest: Digest, recipient: Recipient, now: datetime) -> bytes:
     """The complete message for one recipient of a rendered digest, as it would go on the wire."""
     newsletter = config.newsletter(digest.newsletter_id)

@@ -295,11 +295,17 @@ def recover_in_flight(store: Store, issue_id: int) -> int:
 
 
 def retry_unknown(store: Store, issue_id: int) -> int:
-    """On the operator's word: make `unknown` deliveries pending again."""
+    """On the operator's word: make `unknown` deliveries pending again. A finished issue is opened again
+    (`sending`), so that the next send of its newsletter, by hand or by the daemon, resumes it first rather
+    than leaving the rows pending under an issue nothing looks at."""
     with store.engine.begin() as conn:
-        return conn.execute(deliveries.update().where(
+        changed = conn.execute(deliveries.update().where(
             (deliveries.c.issue_id == issue_id) & (deliveries.c.status == "unknown")).values(
             status="pending", next_attempt_at=None, updated_at=utcnow())).rowcount
+        if changed:
+            conn.execute(issues.update().where((issues.c.id == issue_id) & (issues.c.status == "done"))
+                         .values(status="sending"))
+    return changed
 
 
 def pending_audiences(store: Store, issue_id: int) -> list[tuple[str | None, int]]:

@@ -103,6 +103,15 @@ def over_limit(store: Store, bucket: str, limit: int, window: timedelta, now: da
     return count > limit
 
 
+def recent_count(store: Store, bucket: str, window: timedelta, now: datetime) -> int:
+    """How many requests `over_limit` counted in `bucket` within `window`, counting none: for limits that count
+    only failures (the editors' console sign-in), checked before the attempt."""
+    key = hashlib.sha256(bucket.encode("utf-8")).hexdigest()
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(rate_events).where(
+            (rate_events.c.bucket == key) & (rate_events.c.at > now - window))).scalar_one()
+
+
 def record(store: Store, config: Config, email: str, name: str, newsletters: dict[str, tuple[str, ...]],
            ip: str, now: datetime) -> Signup | None:
     """Check the limits and record a sign-up awaiting confirmation. Returns None when the address must not be

@@ -37,7 +37,7 @@ def all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 
 def test_every_command_has_help(run):
     names = [" ".join(path) for path, _ in all_commands(cli)]
-    assert names == ["archive", "bounces", "check", "events", "posts", "preview", "run", "schedule", "schedule at",
+    assert names == ["admin", "admin hash-password", "archive", "bounces", "check", "events", "posts", "preview", "run", "schedule", "schedule at",
                      "schedule cancel", "schedule pause", "schedule resume", "send", "serve", "status", "subscribers",
                      "subscribers add", "subscribers export", "subscribers import", "subscribers list",
                      "subscribers remove", "subscribers show"]

@@ -1,4 +1,5 @@
 """The Starlette app of `newsletter serve`: one routes table (at the end), thin handlers that call the library.
+The editors' console's handlers are in admin.py; their routes are in the same table.
 
 Handlers read the request, call `preferences`, `signup` or `archive` in a worker thread (the store is
 synchronous), and render a template from `web/` in the templates folder. Every refusal answers 4xx with a page
@@ -467,6 +468,8 @@ async def sendgrid_hook(request: Request) -> Response:
     return PlainTextResponse(message + "\n", status_code=status)
 
 
+from . import admin  # noqa: E402  (the editors' console; its handlers use the helpers above)
+
 ROUTES = [
     Route("/", subscribe_page, methods=["GET"], name="home"),
     Route("/subscribe", subscribe_page, methods=["GET"], name="subscribe_page"),
@@ -483,6 +486,20 @@ ROUTES = [
     Route("/archive/{newsletter}/{period}/", archive_issue, methods=["GET"], name="issue"),
     Route(f"/assets/{archive.CSS_NAME}", stylesheet, methods=["GET"], name="stylesheet"),
     Route(WEBHOOK_PATH, sendgrid_hook, methods=["POST"], name="sendgrid_hook"),
+    Route("/admin/", admin.home, methods=["GET"], name="admin"),
+    Route("/admin/login", admin.login_page, methods=["GET"], name="admin_login_page"),
+    Route("/admin/login", admin.login, methods=["POST"], name="admin_login"),
+    Route("/admin/logout", admin.logout, methods=["POST"], name="admin_logout"),
+    Route("/admin/preview/{newsletter}", admin.preview, methods=["GET"], name="admin_preview"),
+    Route("/admin/preview/{newsletter}/frame", admin.frame, methods=["GET"], name="admin_frame"),
+    Route("/admin/preview/{newsletter}/test", admin.test_send, methods=["POST"], name="admin_test_send"),
+    Route("/admin/issues/{newsletter}", admin.issues, methods=["GET"], name="admin_issues"),
+    Route("/admin/issue/{issue:int}", admin.issue, methods=["GET"], name="admin_issue"),
+    Route("/admin/issue/{issue:int}/retry-unknown", admin.retry, methods=["POST"], name="admin_retry"),
+    Route("/admin/schedule/{newsletter}/pause", admin.pause, methods=["POST"], name="admin_pause"),
+    Route("/admin/schedule/{newsletter}/resume", admin.pause, methods=["POST"], name="admin_resume"),
+    Route("/admin/schedule/{newsletter}/one-off", admin.one_off, methods=["POST"], name="admin_one_off"),
+    Route("/admin/one-off/{fire:int}/cancel", admin.cancel, methods=["POST"], name="admin_cancel"),
 ]
 
 

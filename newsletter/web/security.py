@@ -2,7 +2,7 @@
 
 - Every response carries a strict Content-Security-Policy (no scripts at all), `X-Content-Type-Options:
   nosniff`, `Referrer-Policy: no-referrer` (tokens are in the URLs: a click to the blog must not carry them),
-  `X-Frame-Options: DENY`, and `Cache-Control: no-store` unless a page says it may be cached (only the public
+  `X-Frame-Options: DENY` (the editors' console's preview frame alone may be framed, by the console), and `Cache-Control: no-store` unless a page says it may be cached (only the public
   archive does).
 - CSRF: a random value in an HttpOnly, SameSite=Lax cookie, and in each form the same value signed with the
   store's secret (itsdangerous, compared in constant time). A sign-up form on the blog cannot carry one, so
@@ -63,7 +63,7 @@ class SecurityHeaders:
                 headers.setdefault("Cache-Control", "no-store")
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Referrer-Policy"] = "no-referrer"
-                headers["X-Frame-Options"] = "DENY"
+                headers.setdefault("X-Frame-Options", "DENY")  # the console frames its own previews
                 headers["Cross-Origin-Opener-Policy"] = "same-origin"
             await send(message)
 
