@@ -128,6 +128,9 @@ class Provider:
 
     name = "base"
     batch_size = 100
+    #: how many requests the send may have out at once; above 1, `send` is called from worker threads (and
+    #: must not touch the ledger), one batch per call, while the send loop prepares the next batch
+    in_flight = 1
     #: whether the personal links in sends go out to real people (the outbox sends nothing)
     reaches_people = True
 
@@ -141,6 +144,11 @@ class Provider:
         """Seconds to wait before the next request, when the provider's rate-limit headers said its quota is
         spent until a reset; 0 to go on at once."""
         return 0.0
+
+    def room(self) -> float:
+        """How many requests may be out at once by the rate limit the provider's last answers announced (those
+        still out included); infinite when it announced none."""
+        return float("inf")
 
     def send(self, batch: Batch) -> list[Outcome]:
         """Send every envelope of the batch; one Outcome each, in order. May raise RetryBatch, SplitBatch

@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import re
+import threading
 import time
 import urllib.error
 
@@ -77,7 +78,12 @@ class SendgridProvider(Provider):
         self.config = config
         self.clock = clock
         self.resume_at = 0.0  # a Unix time: the quota is spent until then
+        # (X-RateLimit-Reset, the least X-RateLimit-Remaining answered for it): answers to requests in flight
+        # at once arrive in any order, and workers note them
+        self.window: tuple[float, int | None] = (0.0, None)
+        self._quota = threading.Lock()
         self.batch_size = config.batch_size
+        self.in_flight = config.requests_in_flight
         self.api_key = api_key if api_key is not None else os.environ.get(KEY_VARIABLE)
         if not self.api_key:
             raise StopSend(f"the sendgrid provider needs an API key in the environment variable {KEY_VARIABLE}")
@@ -164,11 +170,24 @@ class SendgridProvider(Provider):
 
     def _note_quota(self, headers) -> None:
         remaining, reset = _header(headers, "X-RateLimit-Remaining"), _header(headers, "X-RateLimit-Reset")
-        if remaining is not None and remaining.strip() == "0" and reset and reset.strip().isdigit():
-            self.resume_at = float(reset)
+        if not (reset and reset.strip().isdigit()):
+            return
+        with self._quota:
+            if remaining is not None and remaining.strip() == "0":
+                self.resume_at = max(self.resume_at, float(reset))
+            if remaining is not None and remaining.strip().isdigit():
+                left, until = int(remaining), float(reset)
+                if until > self.window[0] or self.window[1] is None:
+                    self.window = (until, left)
+                elif until == self.window[0]:
+                    self.window = (until, min(left, self.window[1]))
 
     def pause(self) -> float:
         return max(0.0, self.resume_at - self.clock())
+
+    def room(self) -> float:
+        until, left = self.window
+        return float("inf") if left is None or self.clock() >= until else float(left)
 
     def _refused(self, err: HTTPError, batch: Batch) -> list[Outcome]:
         status = err.status_code
