@@ -7,6 +7,7 @@ claiming, batching, retries and the ledger. A provider that cannot tell whether 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import make_msgid
@@ -154,6 +155,12 @@ class Provider:
         """Send every envelope of the batch; one Outcome each, in order. May raise RetryBatch, SplitBatch
         or StopSend for the batch as a whole."""
         raise NotImplementedError
+
+    def prepare(self, batch: Batch) -> Callable[[], list[Outcome]]:
+        """Do what `send` does before the request goes (building and encoding it), and return the call that
+        sends it and answers as `send` does. With several requests in flight the send loop prepares on its
+        own thread and calls the result from a worker, so that the workers only wait on the network."""
+        return lambda: self.send(batch)
 
     def __enter__(self) -> Provider:
         self.open()

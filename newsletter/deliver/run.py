@@ -105,6 +105,9 @@ class Sender:
         self.in_flight: set[int] = set()  # handed to the provider, no answer yet
         self.posted: dict[Future, Batch] = {}  # requests the workers were given, oldest first
         self.workers: ThreadPoolExecutor | None = None
+        # True from a claim until the first request after it or any wait: the claim read who may still be
+        # sent to, so the first batch made of it needs no second look
+        self.fresh = False
         self.heartbeat: ledger.Heartbeat | None = None
 
     def run(self, record: ledger.IssueRecord, now: datetime, *, retry_unknown: bool = False) -> SendReport:
@@ -181,12 +184,14 @@ class Sender:
         while True:
             for audiences in self._variant_groups(record, variants):
                 while True:
+                    self._await_slot()
                     self._check()
                     claimed = ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size,
                                            token, audiences)
                     if not claimed:
                         break
                     self._process(record, claimed, variants, tokens, now)
+            self._await_slot()
             self._check()
             claimed = ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size, token)
             if claimed:
@@ -213,6 +218,7 @@ class Sender:
     def _process(self, record: ledger.IssueRecord, claimed: list[ledger.Claimed], variants: Variants,
                  tokens: Tokens, now: datetime) -> None:
         self.claimed.update(row.delivery_id for row in claimed)
+        self.fresh = True
         skips, groups = [], {}
         for row in claimed:
             if row.subscriber_status != "active":
@@ -241,7 +247,11 @@ class Sender:
                           tuple(envelopes), now)
 
     def _still_wanted(self, batch: Batch) -> Batch | None:
-        """The batch less anyone who left since it was claimed (recorded as skipped); None when nobody is left."""
+        """The batch less anyone who left since it was claimed (recorded as skipped); None when nobody is left.
+        The first batch after a claim, with no request or wait between, was checked by the claim itself."""
+        if self.fresh:
+            self.fresh = False
+            return batch
         gone = ledger.unreachable(self.store, self.newsletter.id, [e.delivery_id for e in batch.envelopes])
         if not gone:
             return batch
@@ -254,11 +264,7 @@ class Sender:
         a time (or while the provider's quota is spent), deliver it here and now."""
         if self.workers is None:
             return self._deliver(batch)
-        while self.posted and len(self.posted) >= min(self.provider.in_flight, self.provider.room()):
-            done, _ = wait_for(self.posted, return_when=FIRST_COMPLETED)
-            for future in [f for f in self.posted if f in done]:
-                if future in self.posted:  # not settled already while an earlier one was refused
-                    self._settle(future)
+        self._await_slot()
         self._check()
         batch = self._still_wanted(batch)  # right before it goes: a worker is free, so it is posted at once
         if batch is None:
@@ -266,9 +272,20 @@ class Sender:
         if self.provider.pause() > 0:
             self._settle_all()
             return self._deliver(batch)
+        post = self.provider.prepare(batch)  # built here: the workers only wait on the network
         self.in_flight.update(e.delivery_id for e in batch.envelopes)
-        self.posted[self.workers.submit(self.provider.send, batch)] = batch
+        self.posted[self.workers.submit(post)] = batch
         return None
+
+    def _await_slot(self) -> None:
+        """Wait until a worker is free (and the rate limit leaves room for one more request), recording the
+        answers that come meanwhile."""
+        while self.posted and len(self.posted) >= min(self.provider.in_flight, self.provider.room()):
+            self.fresh = False
+            done, _ = wait_for(self.posted, return_when=FIRST_COMPLETED)
+            for future in [f for f in self.posted if f in done]:
+                if future in self.posted:  # not settled already while an earlier one was refused
+                    self._settle(future)
 
     def _settle(self, future: Future) -> None:
         """Record a posted batch's answer. A refusal is handled as `_deliver` does, one request at a time,
@@ -396,6 +413,7 @@ class Sender:
         """Wait before a retry. The heartbeat keeps the lease meanwhile; a stop request ends the wait at once
         (the default sleep is then the stop event's own wait), and the check after it stops the send."""
         self._check()
+        self.fresh = False
         if seconds > 0:
             self.sleep(seconds)
         self._check()

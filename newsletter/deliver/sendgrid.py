@@ -27,7 +27,10 @@ import re
 import threading
 import time
 import urllib.error
+from collections.abc import Callable
+from functools import partial
 
+import orjson
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
@@ -48,6 +51,9 @@ from .base import Batch, Outcome, Provider, RateLimited, RetryBatch, SplitBatch,
 KEY_VARIABLE = "SENDGRID_API_KEY"
 _PERSONALIZATION = re.compile(r"^personalizations\.(\d+)")
 _ESCAPES = {"html": lambda v: html.escape(v, quote=True), "text": lambda v: v, "subj": header_text}
+#: the body goes as UTF-8 bytes encoded by orjson (about seven times faster than json for a 1.3 MB request);
+#: with this content type python_http_client sends the text it is given instead of encoding it again
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
 def _tag(context: str, field: str) -> str:
@@ -94,8 +100,9 @@ class SendgridProvider(Provider):
                            f"{wrong + 1}), which no API key has; set it to the key exactly as SendGrid shows it")
         self.client = SendGridAPIClient(api_key=self.api_key, host=config.api_host)
 
-    def payload(self, batch: Batch) -> dict:
-        """The Mail Send request body for one batch (it validates against SendGrid's published schema)."""
+    def payload(self, batch: Batch, emails: list[str] | None = None) -> dict:
+        """The Mail Send request body for one batch (it validates against SendGrid's published schema).
+        `emails`: the recipients' addresses as SendGrid takes them, when `send` has them already."""
         digest = batch.digest
         used = {f for f in PERSONAL_FIELDS if marker(f) in digest.html + digest.text + digest.subject}
 
@@ -106,20 +113,24 @@ class SendgridProvider(Provider):
 
         mailto = unsubscribe_mailto_uri(batch.unsubscribe_mailto, batch.newsletter_id)
         domain = domain_of(batch.sender)
+        # each substitution's tag, field and escape, worked out once a batch rather than once a recipient
+        plan = [(_tag(context, f), f, escape) for context, escape in _ESCAPES.items() for f in used]
+        issue_id = str(batch.issue_id)
+        if emails is None:
+            emails = [_recipient_email(e.recipient.email) for e in batch.envelopes]
         personalizations = []
-        for envelope in batch.envelopes:
+        for envelope, email in zip(batch.envelopes, emails, strict=True):
             recipient = envelope.recipient
-            values = {f: str(getattr(recipient, f) or "") for f in used}
-            to = {"email": _recipient_email(recipient.email)}
-            if header_text(recipient.name):
-                to["name"] = header_text(recipient.name)
+            to = {"email": email}
+            if name := header_text(recipient.name):
+                to["name"] = name
             personalization = {
                 "to": [to],
-                "custom_args": {"issue_id": str(batch.issue_id), "delivery_id": str(envelope.delivery_id)},
+                "custom_args": {"issue_id": issue_id, "delivery_id": str(envelope.delivery_id)},
             }
-            if used:
+            if plan:
                 personalization["substitutions"] = {
-                    _tag(context, f): escape(values[f]) for context, escape in _ESCAPES.items() for f in used}
+                    tag: escape(str(getattr(recipient, f) or "")) for tag, f, escape in plan}
             if unsubscribe := unsubscribe_values(recipient.unsubscribe_url, mailto):
                 personalization["headers"] = unsubscribe
             personalizations.append(personalization)
@@ -140,21 +151,33 @@ class SendgridProvider(Provider):
 
     def send(self, batch: Batch) -> list[Outcome]:
         """Send the batch; a recipient whose address SendGrid cannot take fails alone, and the rest go."""
-        refused = {}
+        return self.prepare(batch)()
+
+    def prepare(self, batch: Batch) -> Callable[[], list[Outcome]]:
+        """Check the addresses and build and encode the request body here; the call returned only posts it."""
+        refused, emails = {}, []
         for i, envelope in enumerate(batch.envelopes):
             try:
-                _recipient_email(envelope.recipient.email)
+                emails.append(_recipient_email(envelope.recipient.email))
             except AddressError as err:
                 refused[i] = Outcome.failed(str(err))
         if not refused:
-            return self._post(batch)
-        kept = [e for i, e in enumerate(batch.envelopes) if i not in refused]
-        answered = iter(self._post(dataclasses.replace(batch, envelopes=tuple(kept))) if kept else ())
-        return [refused[i] if i in refused else next(answered) for i in range(len(batch.envelopes))]
+            return partial(self._post, batch, self._body(batch, emails))
+        kept = dataclasses.replace(batch, envelopes=tuple(e for i, e in enumerate(batch.envelopes)
+                                                          if i not in refused))
+        body = self._body(kept, emails) if kept.envelopes else None
 
-    def _post(self, batch: Batch) -> list[Outcome]:
+        def post() -> list[Outcome]:
+            answered = iter(self._post(kept, body) if body is not None else ())
+            return [refused[i] if i in refused else next(answered) for i in range(len(batch.envelopes))]
+        return post
+
+    def _body(self, batch: Batch, emails: list[str]) -> str:
+        return orjson.dumps(self.payload(batch, emails)).decode("utf-8")
+
+    def _post(self, batch: Batch, body: str) -> list[Outcome]:
         try:
-            response = self.client.client.mail.send.post(request_body=self.payload(batch),
+            response = self.client.client.mail.send.post(request_body=body, request_headers=_JSON,
                                                          timeout=self.config.timeout)
         except HTTPError as err:
             self._note_quota(err.headers)
