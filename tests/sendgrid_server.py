@@ -58,7 +58,7 @@ def errors_body(message: str, field_name: str | None = None) -> bytes:
 class SendgridServer:
     def __init__(self, api_key: str = "SG.test-key", validate: bool = True, max_request_bytes: int = 30_000_000,
                  port: int = 0, delay: float = 0.0, keep: bool = True, rate_limit: int | None = None,
-                 clock=time.time, validate_every: int = 1):
+                 clock=time.time, validate_every: int = 1, observe=None):
         self.api_key = api_key
         # At most `rate_limit` requests a whole second of `clock`, as SendGrid's headers announce: every answer
         # carries X-RateLimit-Limit, -Remaining and -Reset, and a request over the limit gets a 429.
@@ -73,6 +73,8 @@ class SendgridServer:
         self.validate_every = validate_every
         self.validated = 0
         self.first_arrival: float | None = None
+        # called with each well-formed body as it arrives, before it is answered (a test may hold it there)
+        self.observe = observe
         self.max_request_bytes = max_request_bytes
         self.faults: deque[Fault] = deque()
         self.accepted: list[dict] = []
@@ -144,6 +146,8 @@ class SendgridServer:
             body = json.loads(raw)
         except ValueError:
             return self.answer(request, 400, errors_body("Bad Request", None))
+        if self.observe is not None:
+            self.observe(body)
         problem = self.check(body, validate)
         if problem:
             with self.lock:
