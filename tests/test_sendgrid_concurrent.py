@@ -172,3 +172,20 @@ def ledger_sent(env, issue_id) -> list[str]:
         return list(conn.execute(sa.text("SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = "
                                          "d.subscriber_id WHERE d.issue_id = :i AND d.status = 'sent'"),
                                  {"i": issue_id}).scalars())
+
+
+def test_requests_in_flight_stay_within_the_rate_limit_the_answers_announce(env):
+    from .test_sendgrid_storm import FakeClock
+
+    people(env, 100)
+    clock = FakeClock(1_000_000.5)
+    with SendgridServer(api_key=KEY, rate_limit=3, clock=clock) as server:
+        config = configure(env, server.url, batch_size=10, requests_in_flight=3)
+        newsletter = config.newsletter("weekly")
+        record, _ = plan_or_resume(env.store, config, newsletter, env.posts, env.now)
+        provider = SendgridProvider(config.delivery.sendgrid, api_key=KEY, clock=clock)
+        report = Sender(env.store, config, newsletter, provider, sleep=clock.sleep, clock=clock).run(record, env.now)
+    assert dict(report.counts) == {"sent": 100}
+    # three at once in each second of the clock, then a wait for the next: never a 429
+    assert (server.requests, server.throttled) == (10, 0)
+    assert clock.waits == [0.5, 1.0, 1.0]
