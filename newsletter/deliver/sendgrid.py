@@ -189,7 +189,7 @@ class SendgridProvider(Provider):
                     for _ in batch.envelopes]
         self._note_quota(response.headers)
         message_id = _header(response.headers, "X-Message-Id")
-        return [Outcome.sent(message_id) for _ in batch.envelopes]
+        return [Outcome.sent(message_id)] * len(batch.envelopes)  # one frozen value serves them all
 
     def _note_quota(self, headers) -> None:
         remaining, reset = _header(headers, "X-RateLimit-Remaining"), _header(headers, "X-RateLimit-Reset")
