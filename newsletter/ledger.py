@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 
 from .errors import NewsletterError
@@ -316,6 +315,8 @@ def _among(store: Store, column: sa.Column, ids: list[int]) -> sa.ColumnElement[
     """`column IN ids` as one bound value (a JSON array on SQLite, an array on PostgreSQL): a batch names up
     to 1,000 rows, and binding each as a parameter of its own cost more than running the statement."""
     if store.dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY  # loaded only for PostgreSQL: a SQLite send skips it
+
         return column == sa.any_(sa.bindparam(None, list(ids), type_=ARRAY(sa.Integer)))
     listed = sa.select(sa.literal_column("value", sa.Integer)).select_from(
         sa.func.json_each(sa.bindparam(None, json.dumps(list(ids)), type_=sa.String)))
