@@ -107,7 +107,8 @@ LAUNCHER = ("import resource, subprocess, sys, time\n"
             "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
             "elapsed = time.perf_counter() - started\n"
             "sys.stderr.write(done.stdout + done.stderr)\n"
-            "print(done.returncode, elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, wall)\n")
+            "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print(done.returncode, elapsed, usage.ru_maxrss, wall, usage.ru_utime + usage.ru_stime)\n")
 
 
 @dataclass
@@ -116,6 +117,7 @@ class Run:
     rss: float  # MB
     first: float | None  # seconds from the process's start to the first request's arrival
     output: str
+    cpu: float = 0.0  # seconds of CPU (user and system) the process used: less noisy than wall time under load
 
 
 def server_stats(url: str) -> dict:
@@ -128,14 +130,14 @@ def launch(command: list[str], folder: Path, env: dict, sink_url: str | None = N
         server_stats(sink_url)  # resets the first arrival
     done = subprocess.run([sys.executable, "-c", LAUNCHER, *command], cwd=folder, env=env, capture_output=True,
                           text=True)
-    code, elapsed, peak, wall = done.stdout.split()
+    code, elapsed, peak, wall, cpu = done.stdout.split()
     if code != "0":
         raise SystemExit(f"{command} failed:\n{done.stderr}")
     first = None
     if sink_url:
         arrival = server_stats(sink_url)["first_arrival"]
         first = arrival - float(wall) if arrival else None
-    return Run(float(elapsed), int(peak) / 1024, first, done.stderr.strip())
+    return Run(float(elapsed), int(peak) / 1024, first, done.stderr.strip(), float(cpu))
 
 
 def timed_send(folder: Path, provider: str, database: str, sink_url: str | None = None) -> Run:
@@ -230,13 +232,14 @@ def _row(what: str, runs: list[Run], count: int, variants: str = "") -> str:
     rss = statistics.median(r.rss for r in runs)
     firsts = [r.first for r in runs if r.first is not None]
     first = f"{statistics.median(firsts):.2f} s" if firsts else ""
+    cpu = statistics.median(r.cpu for r in runs)
     return (f"| {what} | {variants} | {seconds:.2f} s | {', '.join(f'{r.seconds:.2f}' for r in runs)} | "
-            f"{count / seconds:,.0f} | {rss:.0f} MB | {first} |")
+            f"{count / seconds:,.0f} | {rss:.0f} MB | {first} | {cpu:.1f} s |")
 
 
 def sendgrid_table(args, work: Path, sink_url: str, smtp_port: int) -> float:
-    print("| what | variants | median | runs (s) | messages/s | peak RSS | first request after |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| what | variants | median | runs (s) | messages/s | peak RSS | first request after | CPU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     median_full = 0.0
     for count in (args.subscribers // 4, args.subscribers):
         folder = work / f"sg-{count}"
