@@ -67,7 +67,7 @@ DELIVERY_KEYS = {
 }
 SMTP_KEYS = {"host": "localhost", "port": None, "security": "starttls", "username": None, "connections": 2,
              "timeout": 30.0, "ca_file": None, "bounce_address": None}
-SENDGRID_KEYS = {"api_host": "https://api.sendgrid.com", "timeout": 30.0, "batch_size": 1000,
+SENDGRID_KEYS = {"api_host": "https://api.sendgrid.com", "timeout": 30.0, "batch_size": 1000, "requests_in_flight": 3,
                  "webhook_public_key": None, "webhook_tolerance": "10m"}
 DKIM_KEYS = {"domain": None, "selector": None, "key_file": None}
 DKIM_KEY_VARIABLE = "NEWSLETTER_DKIM_PRIVATE_KEY"
@@ -167,6 +167,8 @@ class SendgridConfig:
     api_host: str = "https://api.sendgrid.com"
     timeout: float = 30.0
     batch_size: int = 1000
+    #: how many Mail Send requests may be out at once: the next batch is prepared while they are answered
+    requests_in_flight: int = 3
     #: the base64 ECDSA public key SendGrid shows for its signed Event Webhook
     webhook_public_key: str | None = None
     #: how old a webhook post's signed timestamp may be
@@ -668,6 +670,7 @@ def _read_delivery(table: dict, site: SiteConfig, base: Path, check: _Collector)
             api_host=api_host.rstrip("/"),
             timeout=_number(sendgrid_table, "delivery.sendgrid", "timeout", 30.0, check, kind=float, low=0.1),
             batch_size=_number(sendgrid_table, "delivery.sendgrid", "batch_size", 1000, check, high=1000),
+            requests_in_flight=_number(sendgrid_table, "delivery.sendgrid", "requests_in_flight", 3, check, high=8),
             webhook_public_key=_webhook_key(sendgrid_table, check),
             webhook_tolerance=_duration(sendgrid_table, "delivery.sendgrid", "webhook_tolerance", "10m", check),
         ),

@@ -317,40 +317,49 @@ def pending_audiences(store: Store, issue_id: int) -> list[tuple[str | None, int
             .group_by(deliveries.c.audience)).all()]
 
 
+def _among(store: Store, column: sa.Column, ids: list[int]) -> sa.ColumnElement[bool]:
+    """`column IN ids` as one bound value (a JSON array on SQLite, an array on PostgreSQL): a batch names up
+    to 1,000 rows, and binding each as a parameter of its own cost more than running the statement."""
+    if store.dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY  # loaded only for PostgreSQL: a SQLite send skips it
+
+        return column == sa.any_(sa.bindparam(None, list(ids), type_=ARRAY(sa.Integer)))
+    listed = sa.select(sa.literal_column("value", sa.Integer)).select_from(
+        sa.func.json_each(sa.bindparam(None, json.dumps(list(ids)), type_=sa.String)))
+    return column.in_(listed.scalar_subquery())
+
+
 def claim(store: Store, issue_id: int, newsletter: str, limit: int, token: str,
           audiences: list[str] | None = None) -> list[Claimed]:
     """Mark up to `limit` due pending deliveries `sending` for this batch and commit, before any provider
     call; returns them with their subscriber's current status and categories. With `audiences`, only
     deliveries planned for those category sets (one digest variant, so one full request)."""
     now = utcnow()
-    due = (sa.select(deliveries.c.id)
+    due = (sa.select(deliveries.c.id, deliveries.c.subscriber_id, subscribers.c.email, subscribers.c.name,
+                     subscribers.c.status, subscriptions.c.categories)
+           .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+           .outerjoin(subscriptions, (subscriptions.c.subscriber_id == deliveries.c.subscriber_id)
+                      & (subscriptions.c.newsletter == newsletter))
            .where((deliveries.c.issue_id == issue_id) & (deliveries.c.status == "pending")
                   & (deliveries.c.next_attempt_at.is_(None) | (deliveries.c.next_attempt_at <= now)))
            .order_by(deliveries.c.id).limit(limit))  # fmt: skip
     if audiences is not None:
         due = due.where(deliveries.c.audience.in_(audiences))
     if store.dialect == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+        due = due.with_for_update(skip_locked=True, of=deliveries)
     with store.engine.begin() as conn:
         # Two statements, not UPDATE ... IN (subquery): PostgreSQL may run a SKIP LOCKED subquery more than
-        # once, each time skipping the rows it just locked, and so claim more than `limit` rows.
-        chosen = conn.execute(due).scalars().all()
-        if not chosen:
+        # once, each time skipping the rows it just locked, and so claim more than `limit` rows. The first
+        # reads the subscribers' status and subscription with the rows, in the same transaction: that read
+        # is the check of who may still be sent to for a batch that goes at once (see Sender._still_wanted).
+        rows = conn.execute(due).all()
+        if not rows:
             return []
-        ids = conn.execute(deliveries.update().where(
-            deliveries.c.id.in_(chosen) & (deliveries.c.status == "pending")).values(
+        ids = set(conn.execute(deliveries.update().where(
+            _among(store, deliveries.c.id, [r[0] for r in rows]) & (deliveries.c.status == "pending")).values(
             status="sending", claim=token, attempts=deliveries.c.attempts + 1, updated_at=now)
-            .returning(deliveries.c.id)).scalars().all()
-        if not ids:
-            return []
-        rows = conn.execute(
-            sa.select(deliveries.c.id, deliveries.c.subscriber_id, subscribers.c.email, subscribers.c.name,
-                      subscribers.c.status, subscriptions.c.categories)
-            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-            .outerjoin(subscriptions, (subscriptions.c.subscriber_id == deliveries.c.subscriber_id)
-                       & (subscriptions.c.newsletter == newsletter))
-            .where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)).all()
-    return [Claimed(*row) for row in rows]
+            .returning(deliveries.c.id)).scalars().all())
+    return [Claimed(*row) for row in rows if row[0] in ids]
 
 
 def unreachable(store: Store, newsletter: str, delivery_ids: list[int]) -> dict[int, str]:
@@ -364,7 +373,7 @@ def unreachable(store: Store, newsletter: str, delivery_ids: list[int]) -> dict[
             .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
             .outerjoin(subscriptions, (subscriptions.c.subscriber_id == deliveries.c.subscriber_id)
                        & (subscriptions.c.newsletter == newsletter))
-            .where(deliveries.c.id.in_(delivery_ids))).all()
+            .where(_among(store, deliveries.c.id, delivery_ids))).all()
     gone = {}
     for delivery_id, status, subscribed in rows:
         if status != "active":
@@ -381,8 +390,9 @@ def mark(store: Store, marks: list[Mark], *, max_attempts: int, retry_delay: flo
         return []
     now = utcnow()
     with store.engine.begin() as conn:
+        retried = [m.delivery_id for m in marks if m.status == "pending"]
         attempts = dict(conn.execute(sa.select(deliveries.c.id, deliveries.c.attempts).where(
-            deliveries.c.id.in_([m.delivery_id for m in marks if m.status == "pending"]))).all())
+            _among(store, deliveries.c.id, retried))).all()) if retried else {}
         final = []
         for m in marks:
             if m.status == "pending" and attempts.get(m.delivery_id, 0) >= max_attempts:
@@ -400,7 +410,7 @@ def mark(store: Store, marks: list[Mark], *, max_attempts: int, retry_delay: flo
             else:
                 groups.setdefault((m.status, m.error, m.message_id), []).append(m.delivery_id)
         for (status, error, message_id), ids in groups.items():
-            conn.execute(deliveries.update().where(deliveries.c.id.in_(ids)).values(
+            conn.execute(deliveries.update().where(_among(store, deliveries.c.id, ids)).values(
                 status=status, last_error=error, message_id=message_id, claim=None, updated_at=now))
         if retries:
             conn.execute(deliveries.update().where(deliveries.c.id == sa.bindparam("b_id")).values(
@@ -414,7 +424,8 @@ def release(store: Store, delivery_ids: list[int]) -> None:
     if not delivery_ids:
         return
     with store.engine.begin() as conn:
-        conn.execute(deliveries.update().where(deliveries.c.id.in_(delivery_ids) & (deliveries.c.status == "sending"))
+        conn.execute(deliveries.update().where(_among(store, deliveries.c.id, delivery_ids)
+                                               & (deliveries.c.status == "sending"))
                      .values(status="pending", claim=None, attempts=deliveries.c.attempts - 1,
                              updated_at=utcnow()))
 

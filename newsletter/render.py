@@ -244,9 +244,35 @@ def _without_imports(document: str) -> str:
     return lxml_html.tostring(tree, doctype=tree.getroottree().docinfo.doctype, encoding="unicode")
 
 
+class _Inliner(Premailer):
+    """Premailer, remembering what it made of each stylesheet: every variant of an issue carries the same one,
+    and parsing it and writing back the rules it cannot inline was most of the cost of rendering a variant.
+    The remembered rules are tuples and never changed; the leftover rules are only read."""
+
+    _rules: dict[tuple, tuple[list, list]] = {}
+    _leftover_text: dict[int, tuple[list, str]] = {}
+
+    def _parse_style_rules(self, css_body, ruleset_index):
+        key = (css_body, ruleset_index, self.strip_important, self.disable_validation)
+        if key not in self._rules:
+            if len(self._rules) >= 64:  # a daemon's templates may change; keep the memory bounded
+                self._rules.clear()
+                self._leftover_text.clear()
+            self._rules[key] = super()._parse_style_rules(css_body, ruleset_index)
+        return self._rules[key]
+
+    def _css_rules_to_string(self, rules):
+        found = self._leftover_text.get(id(rules))
+        if found is None or found[0] is not rules:
+            found = (rules, super()._css_rules_to_string(rules))
+            if any(rules is leftover for _, leftover in self._rules.values()):
+                self._leftover_text[id(rules)] = found
+        return found[1]
+
+
 def inline_css(document: str) -> str:
     """Inline the CSS with premailer, set up so it never reaches the network and keeps what email needs."""
-    return Premailer(
+    return _Inliner(
         _without_imports(document),
         base_url=None,
         disable_link_rewrites=True,

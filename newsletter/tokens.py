@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from base64 import urlsafe_b64encode
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, Signer
@@ -41,12 +42,25 @@ class _KeyedSigner(Signer):
 
     def __init__(self, secret: str, salt: str):
         super().__init__(secret, salt=salt, digest_method=hashlib.sha256)
-        self._keyed = hmac.new(self.derive_key(), digestmod=hashlib.sha256)
+        # HMAC (RFC 2104) from its two keyed SHA-256 states, made once: copying a hashlib state is one C call
+        # where hmac.HMAC.copy() and digest() are several Python ones, and a send signs two tokens a subscriber
+        key = self.derive_key().ljust(64, b"\0")  # the derived key is a SHA-256 digest, shorter than a block
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def _mac(self, value: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(value)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def get_signature(self, value: str | bytes) -> bytes:
-        mac = self._keyed.copy()
-        mac.update(want_bytes(value))
-        return base64_encode(mac.digest())
+        return base64_encode(self._mac(want_bytes(value)))
+
+    def sign_text(self, value: str) -> str:
+        """`sign` for text, without itsdangerous' conversions and calls."""
+        return f"{value}.{urlsafe_b64encode(self._mac(value.encode('utf-8'))).rstrip(b'=').decode('ascii')}"
 
 
 class SecretKeyError(NewsletterError):
@@ -73,7 +87,7 @@ class Tokens:
 
     def make(self, purpose: str, subscriber_id: int, newsletter: str) -> str:
         """`<subscriber id>.<newsletter>.<HMAC-SHA256>`: URL-safe, and about 2 microseconds to make."""
-        return self._signers[purpose].sign(f"{subscriber_id}.{newsletter}").decode("ascii")
+        return self._signers[purpose].sign_text(f"{subscriber_id}.{newsletter}")
 
     def verify(self, purpose: str, token: str) -> Claims | None:
         """The claims of a genuine token for `purpose`, or None for anything forged, altered or malformed.

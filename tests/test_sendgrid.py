@@ -25,10 +25,14 @@ from .smtp_server import free_port
 KEY = "SG.test-key"
 
 
-def configure(env, api_host: str, batch_size: int = 1000, timeout: float = 5.0, max_attempts: int = 4):
+def configure(env, api_host: str, batch_size: int = 1000, timeout: float = 5.0, max_attempts: int = 4,
+              requests_in_flight: int = 1):
+    """One request at a time unless asked: the scripts of faults these tests queue are in request order, which
+    requests in flight at once would make a race (tests/test_sendgrid_concurrent.py covers those)."""
     return dataclasses.replace(env.config, delivery=dataclasses.replace(
         env.config.delivery, provider="sendgrid", max_attempts=max_attempts,
-        sendgrid=SendgridConfig(api_host=api_host, timeout=timeout, batch_size=batch_size)))
+        sendgrid=SendgridConfig(api_host=api_host, timeout=timeout, batch_size=batch_size,
+                                requests_in_flight=requests_in_flight)))
 
 
 def send(env, config, key: str = KEY, **options):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 
-from newsletter.store import MIGRATIONS, make_engine, metadata, open_store
+from newsletter.store import MIGRATIONS, make_engine, metadata, newest_migration, open_store
 
 
 def test_a_new_database_gets_every_table_at_the_newest_version(db_url):
@@ -47,6 +51,20 @@ def test_opening_an_older_database_upgrades_it_and_keeps_its_rows(db_url):
             ("weekly", "Science")]
         assert "deliveries" in sa.inspect(conn).get_table_names()
     store.engine.dispose()
+
+
+def test_the_newest_migration_read_from_the_file_names_is_alembics_head():
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", str(MIGRATIONS))
+    assert newest_migration() == ScriptDirectory.from_config(alembic).get_current_head()
+
+
+def test_opening_a_database_at_the_newest_version_does_not_load_alembic(db_url):
+    open_store(db_url).engine.dispose()  # created and migrated
+    check = ("import sys; from newsletter.store import open_store; open_store(sys.argv[1]).engine.dispose(); "
+             "print('alembic' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", check, db_url], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_the_secret_is_made_once_and_shared_by_every_opener(db_url, monkeypatch):

@@ -7,6 +7,7 @@ claiming, batching, retries and the ledger. A provider that cannot tell whether 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import make_msgid
@@ -128,6 +129,9 @@ class Provider:
 
     name = "base"
     batch_size = 100
+    #: how many requests the send may have out at once; above 1, `send` is called from worker threads (and
+    #: must not touch the ledger), one batch per call, while the send loop prepares the next batch
+    in_flight = 1
     #: whether the personal links in sends go out to real people (the outbox sends nothing)
     reaches_people = True
 
@@ -142,10 +146,21 @@ class Provider:
         spent until a reset; 0 to go on at once."""
         return 0.0
 
+    def room(self) -> float:
+        """How many requests may be out at once by the rate limit the provider's last answers announced (those
+        still out included); infinite when it announced none."""
+        return float("inf")
+
     def send(self, batch: Batch) -> list[Outcome]:
         """Send every envelope of the batch; one Outcome each, in order. May raise RetryBatch, SplitBatch
         or StopSend for the batch as a whole."""
         raise NotImplementedError
+
+    def prepare(self, batch: Batch) -> Callable[[], list[Outcome]]:
+        """Do what `send` does before the request goes (building and encoding it), and return the call that
+        sends it and answers as `send` does. With several requests in flight the send loop prepares on its
+        own thread and calls the result from a worker, so that the workers only wait on the network."""
+        return lambda: self.send(batch)
 
     def __enter__(self) -> Provider:
         self.open()

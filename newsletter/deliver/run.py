@@ -3,6 +3,12 @@
 It owns batching, retries and the ledger for every provider. Each batch is claimed and committed before the
 provider is called and marked after it answers, so a crash at any point leaves rows that are either untouched
 (pending: sent by the next run), finished, or in flight (unknown: never resent without --retry-unknown).
+
+A provider may take several requests at once (`Provider.in_flight`, SendGrid's `requests_in_flight`): then up to
+that many batches are posted by worker threads while this thread claims and prepares the next one. Only this
+thread touches the ledger; the workers only call `provider.send`. As soon as one request is refused (429, 5xx,
+413, a stop), the others in flight are waited for and recorded, and the refused batch goes on one request at a
+time exactly as with a single request in flight.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -95,6 +103,11 @@ class Sender:
         self.owner = ledger.lease_owner()
         self.claimed: set[int] = set()
         self.in_flight: set[int] = set()  # handed to the provider, no answer yet
+        self.posted: dict[Future, Batch] = {}  # requests the workers were given, oldest first
+        self.workers: ThreadPoolExecutor | None = None
+        # True from a claim until the first request after it or any wait: the claim read who may still be
+        # sent to, so the first batch made of it needs no second look
+        self.fresh = False
         self.heartbeat: ledger.Heartbeat | None = None
 
     def run(self, record: ledger.IssueRecord, now: datetime, *, retry_unknown: bool = False) -> SendReport:
@@ -135,6 +148,8 @@ class Sender:
     def _work(self, record: ledger.IssueRecord, variants: Variants, now: datetime) -> None:
         tokens = Tokens(self.store.secret())
         token = secrets.token_hex(8)
+        if self.provider.in_flight > 1:
+            self.workers = ThreadPoolExecutor(self.provider.in_flight, thread_name_prefix="post")
         try:
             self.provider.open()
             self._loop(record, variants, tokens, token, now)
@@ -142,12 +157,17 @@ class Sender:
             # What the provider was never handed goes back to pending, whatever stopped the send (a refusal,
             # Ctrl-C during a backoff, a stop request, a lost lease). What it was handed and did not answer
             # stays `sending`, which the next run reports as unknown: nobody can say whether it went out.
-            ledger.release(self.store, sorted(self.claimed - self.in_flight))
+            try:
+                self._abandon(err)
+            finally:
+                ledger.release(self.store, sorted(self.claimed - self.in_flight))
             if isinstance(err, RetryBatch):
                 raise ProviderUnavailable(f"{self.provider.name}: {err}; the rest stays pending, run send "
                                           "again later") from err
             raise
         finally:
+            if self.workers is not None:
+                self.workers.shutdown(wait=False, cancel_futures=True)
             self.provider.close()
 
     def _check(self) -> None:
@@ -164,16 +184,21 @@ class Sender:
         while True:
             for audiences in self._variant_groups(record, variants):
                 while True:
+                    self._await_slot()
                     self._check()
                     claimed = ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size,
                                            token, audiences)
                     if not claimed:
                         break
                     self._process(record, claimed, variants, tokens, now)
+            self._await_slot()
             self._check()
             claimed = ledger.claim(self.store, record.id, self.newsletter.id, self.provider.batch_size, token)
             if claimed:
                 self._process(record, claimed, variants, tokens, now)
+                continue
+            if self.posted:  # their answers may put rows back to pending
+                self._settle_all()
                 continue
             due = ledger.next_retry(self.store, record.id)
             if due is None:
@@ -192,7 +217,8 @@ class Sender:
 
     def _process(self, record: ledger.IssueRecord, claimed: list[ledger.Claimed], variants: Variants,
                  tokens: Tokens, now: datetime) -> None:
-        self.claimed = {row.delivery_id for row in claimed}
+        self.claimed.update(row.delivery_id for row in claimed)
+        self.fresh = True
         skips, groups = [], {}
         for row in claimed:
             if row.subscriber_status != "active":
@@ -213,7 +239,7 @@ class Sender:
                 groups.setdefault(id(digest), (digest, []))[1].append(Envelope(row.delivery_id, recipient))
         self._record(skips)
         for digest, envelopes in groups.values():
-            self._deliver(self._batch(record, digest, envelopes, now))
+            self._hand(self._batch(record, digest, envelopes, now))
 
     def _batch(self, record: ledger.IssueRecord, digest: Digest, envelopes: list[Envelope],
                now: datetime) -> Batch:
@@ -221,7 +247,11 @@ class Sender:
                           tuple(envelopes), now)
 
     def _still_wanted(self, batch: Batch) -> Batch | None:
-        """The batch less anyone who left since it was claimed (recorded as skipped); None when nobody is left."""
+        """The batch less anyone who left since it was claimed (recorded as skipped); None when nobody is left.
+        The first batch after a claim, with no request or wait between, was checked by the claim itself."""
+        if self.fresh:
+            self.fresh = False
+            return batch
         gone = ledger.unreachable(self.store, self.newsletter.id, [e.delivery_id for e in batch.envelopes])
         if not gone:
             return batch
@@ -229,35 +259,115 @@ class Sender:
         kept = tuple(e for e in batch.envelopes if e.delivery_id not in gone)
         return dataclasses.replace(batch, envelopes=kept) if kept else None
 
-    def _deliver(self, batch: Batch, attempt: int = 1) -> None:
+    def _hand(self, batch: Batch) -> None:
+        """Give a batch to a worker to post, once fewer than `in_flight` requests are out; with one request at
+        a time (or while the provider's quota is spent), deliver it here and now."""
+        if self.workers is None:
+            return self._deliver(batch)
+        self._await_slot()
+        self._check()
+        batch = self._still_wanted(batch)  # right before it goes: a worker is free, so it is posted at once
+        if batch is None:
+            return None
+        if self.provider.pause() > 0:
+            self._settle_all()
+            return self._deliver(batch)
+        post = self.provider.prepare(batch)  # built here: the workers only wait on the network
+        self.in_flight.update(e.delivery_id for e in batch.envelopes)
+        self.posted[self.workers.submit(post)] = batch
+        return None
+
+    def _await_slot(self) -> None:
+        """Wait until a worker is free (and the rate limit leaves room for one more request), recording the
+        answers that come meanwhile."""
+        while self.posted and len(self.posted) >= min(self.provider.in_flight, self.provider.room()):
+            self.fresh = False
+            done, _ = wait_for(self.posted, return_when=FIRST_COMPLETED)
+            for future in [f for f in self.posted if f in done]:
+                if future in self.posted:  # not settled already while an earlier one was refused
+                    self._settle(future)
+
+    def _settle(self, future: Future) -> None:
+        """Record a posted batch's answer. A refusal is handled as `_deliver` does, one request at a time,
+        after every other request in flight was answered and recorded."""
+        batch = self.posted.pop(future)
+        try:
+            outcomes = future.result()
+        except StopSend as err:
+            return self._deliver(batch, refused=err)  # records what it says and stops; _abandon does the rest
+        except (RetryBatch, SplitBatch) as err:
+            self.in_flight.difference_update(e.delivery_id for e in batch.envelopes)  # not taken
+            self._settle_all()
+            return self._deliver(batch, refused=err)
+        self._record_outcomes(batch, outcomes)
+        self.in_flight.difference_update(e.delivery_id for e in batch.envelopes)
+        return None
+
+    def _settle_all(self) -> None:
+        while self.posted:
+            self._settle(next(iter(self.posted)))
+
+    def _abandon(self, err: BaseException) -> None:
+        """The send stops with requests posted: those no worker started go back to pending; those answered
+        are recorded; those still out are waited for, unless the process is being interrupted (Ctrl-C):
+        then they stay `sending`, unknown to the next run."""
+        for future, batch in list(self.posted.items()):
+            ids = {e.delivery_id for e in batch.envelopes}
+            if future.cancel() or (not future.done() and not isinstance(err, Exception)):
+                if future.cancelled():
+                    self.in_flight -= ids
+                continue
+            try:
+                outcomes = future.result()
+            except (RetryBatch, SplitBatch):  # not taken
+                self.in_flight -= ids
+                continue
+            except StopSend as stop:
+                outcomes = stop.outcomes
+            except Exception:  # noqa: BLE001 - no answer that says what happened: they stay in flight
+                continue
+            self.in_flight -= ids
+            if outcomes:
+                self._record_outcomes(batch, outcomes)
+        self.posted.clear()
+
+    def _deliver(self, batch: Batch, attempt: int = 1, refused: Exception | None = None) -> None:
         """Hand one batch to the provider until it answers for every envelope. A 429 is waited out as the
         provider says without counting as an attempt; other refusals count against max_attempts; every wait
-        must end within the send's deadline."""
+        must end within the send's deadline. `refused`: how a worker's post of this batch was refused."""
         limited = 0
         while True:
-            self._check()
-            batch = self._still_wanted(batch)
-            if batch is None:
-                return
-            if (pause := self.provider.pause()) > 0:
-                self._wait(self._within_deadline(pause, f"{self.provider.name}: the rate limit's quota is spent"))
-                continue  # re-check who is still wanted after the wait
-            self.in_flight = {e.delivery_id for e in batch.envelopes}
+            if refused is None:
+                self._check()
+                batch = self._still_wanted(batch)
+                if batch is None:
+                    return
+                if (pause := self.provider.pause()) > 0:
+                    self._wait(self._within_deadline(pause, f"{self.provider.name}: the rate limit's quota is "
+                                                            "spent"))
+                    continue  # re-check who is still wanted after the wait
+            ids = [e.delivery_id for e in batch.envelopes]
+            if refused is None:
+                self.in_flight.update(ids)
             try:
+                if refused is not None:
+                    raise refused
                 outcomes = self.provider.send(batch)
             except SplitBatch:
-                self.in_flight = set()
+                self.in_flight.difference_update(ids)
                 for half in batch.split():
                     self._deliver(half, attempt)
                 return
             except RateLimited as err:
-                self.in_flight = set()
+                refused = None
+                self.in_flight.difference_update(ids)
                 limited += 1
                 wait = err.after if err.after is not None else min(60.0, 2.0 ** limited)
                 self._wait(self._within_deadline(wait, f"{self.provider.name}: {err}"))
                 continue
             except RetryBatch as err:
-                self.in_flight = set()
+                refused = None
+                self.in_flight.difference_update(ids)
                 if attempt >= self.config.delivery.max_attempts:
                     raise
                 wait = err.after if err.after is not None else (
@@ -266,12 +376,12 @@ class Sender:
                 attempt += 1
                 continue
             except StopSend as err:
-                self.in_flight = set()
+                self.in_flight.difference_update(ids)
                 if err.outcomes:
                     self._record_outcomes(batch, err.outcomes)
                 raise
             self._record_outcomes(batch, outcomes)
-            self.in_flight = set()
+            self.in_flight.difference_update(ids)
             return
 
     def _within_deadline(self, wait: float, why: str) -> float:
@@ -303,6 +413,7 @@ class Sender:
         """Wait before a retry. The heartbeat keeps the lease meanwhile; a stop request ends the wait at once
         (the default sleep is then the stop event's own wait), and the check after it stops the send."""
         self._check()
+        self.fresh = False
         if seconds > 0:
             self.sleep(seconds)
         self._check()

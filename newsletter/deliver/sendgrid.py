@@ -1,4 +1,6 @@
-"""The SendGrid provider: v3 Mail Send through the `sendgrid` package, up to 1000 personalizations a request.
+"""The SendGrid provider: v3 Mail Send through python_http_client (the `sendgrid` package's HTTP client, set up
+as that package sets it up, without importing the rest of it: 9 MB and a third of a second of start-up), up to
+1000 personalizations a request.
 
 The HTML and text of a variant go once per request; each subscriber is one personalization carrying their
 address, substitutions for their personal fields (escaped for HTML, text and the Subject separately), their
@@ -24,11 +26,15 @@ import http.client
 import json
 import os
 import re
+import threading
 import time
 import urllib.error
+from collections.abc import Callable
+from functools import partial
 
+import orjson
+import python_http_client
 from python_http_client.exceptions import HTTPError
-from sendgrid import SendGridAPIClient
 
 from ..config import SendgridConfig
 from ..message import (
@@ -47,6 +53,9 @@ from .base import Batch, Outcome, Provider, RateLimited, RetryBatch, SplitBatch,
 KEY_VARIABLE = "SENDGRID_API_KEY"
 _PERSONALIZATION = re.compile(r"^personalizations\.(\d+)")
 _ESCAPES = {"html": lambda v: html.escape(v, quote=True), "text": lambda v: v, "subj": header_text}
+#: the body goes as UTF-8 bytes encoded by orjson (about seven times faster than json for a 1.3 MB request);
+#: with this content type python_http_client sends the text it is given instead of encoding it again
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
 def _tag(context: str, field: str) -> str:
@@ -77,7 +86,12 @@ class SendgridProvider(Provider):
         self.config = config
         self.clock = clock
         self.resume_at = 0.0  # a Unix time: the quota is spent until then
+        # (X-RateLimit-Reset, the least X-RateLimit-Remaining answered for it): answers to requests in flight
+        # at once arrive in any order, and workers note them
+        self.window: tuple[float, int | None] = (0.0, None)
+        self._quota = threading.Lock()
         self.batch_size = config.batch_size
+        self.in_flight = config.requests_in_flight
         self.api_key = api_key if api_key is not None else os.environ.get(KEY_VARIABLE)
         if not self.api_key:
             raise StopSend(f"the sendgrid provider needs an API key in the environment variable {KEY_VARIABLE}")
@@ -86,10 +100,13 @@ class SendgridProvider(Provider):
             # it would fail only once a batch is claimed, in the HTTP header, and leave that batch unknown
             raise StopSend(f"{KEY_VARIABLE} holds a space, line break or non-ASCII character (at position "
                            f"{wrong + 1}), which no API key has; set it to the key exactly as SendGrid shows it")
-        self.client = SendGridAPIClient(api_key=self.api_key, host=config.api_host)
+        self.client = python_http_client.Client(host=config.api_host, version=3, request_headers={
+            "Authorization": f"Bearer {self.api_key}", "User-Agent": "newsletter (python_http_client)",
+            "Accept": "application/json"})
 
-    def payload(self, batch: Batch) -> dict:
-        """The Mail Send request body for one batch (it validates against SendGrid's published schema)."""
+    def payload(self, batch: Batch, emails: list[str] | None = None) -> dict:
+        """The Mail Send request body for one batch (it validates against SendGrid's published schema).
+        `emails`: the recipients' addresses as SendGrid takes them, when `send` has them already."""
         digest = batch.digest
         used = {f for f in PERSONAL_FIELDS if marker(f) in digest.html + digest.text + digest.subject}
 
@@ -100,20 +117,24 @@ class SendgridProvider(Provider):
 
         mailto = unsubscribe_mailto_uri(batch.unsubscribe_mailto, batch.newsletter_id)
         domain = domain_of(batch.sender)
+        # each substitution's tag, field and escape, worked out once a batch rather than once a recipient
+        plan = [(_tag(context, f), f, escape) for context, escape in _ESCAPES.items() for f in used]
+        issue_id = str(batch.issue_id)
+        if emails is None:
+            emails = [_recipient_email(e.recipient.email) for e in batch.envelopes]
         personalizations = []
-        for envelope in batch.envelopes:
+        for envelope, email in zip(batch.envelopes, emails, strict=True):
             recipient = envelope.recipient
-            values = {f: str(getattr(recipient, f) or "") for f in used}
-            to = {"email": _recipient_email(recipient.email)}
-            if header_text(recipient.name):
-                to["name"] = header_text(recipient.name)
+            to = {"email": email}
+            if name := header_text(recipient.name):
+                to["name"] = name
             personalization = {
                 "to": [to],
-                "custom_args": {"issue_id": str(batch.issue_id), "delivery_id": str(envelope.delivery_id)},
+                "custom_args": {"issue_id": issue_id, "delivery_id": str(envelope.delivery_id)},
             }
-            if used:
+            if plan:
                 personalization["substitutions"] = {
-                    _tag(context, f): escape(values[f]) for context, escape in _ESCAPES.items() for f in used}
+                    tag: escape(str(getattr(recipient, f) or "")) for tag, f, escape in plan}
             if unsubscribe := unsubscribe_values(recipient.unsubscribe_url, mailto):
                 personalization["headers"] = unsubscribe
             personalizations.append(personalization)
@@ -134,21 +155,33 @@ class SendgridProvider(Provider):
 
     def send(self, batch: Batch) -> list[Outcome]:
         """Send the batch; a recipient whose address SendGrid cannot take fails alone, and the rest go."""
-        refused = {}
+        return self.prepare(batch)()
+
+    def prepare(self, batch: Batch) -> Callable[[], list[Outcome]]:
+        """Check the addresses and build and encode the request body here; the call returned only posts it."""
+        refused, emails = {}, []
         for i, envelope in enumerate(batch.envelopes):
             try:
-                _recipient_email(envelope.recipient.email)
+                emails.append(_recipient_email(envelope.recipient.email))
             except AddressError as err:
                 refused[i] = Outcome.failed(str(err))
         if not refused:
-            return self._post(batch)
-        kept = [e for i, e in enumerate(batch.envelopes) if i not in refused]
-        answered = iter(self._post(dataclasses.replace(batch, envelopes=tuple(kept))) if kept else ())
-        return [refused[i] if i in refused else next(answered) for i in range(len(batch.envelopes))]
+            return partial(self._post, batch, self._body(batch, emails))
+        kept = dataclasses.replace(batch, envelopes=tuple(e for i, e in enumerate(batch.envelopes)
+                                                          if i not in refused))
+        body = self._body(kept, emails) if kept.envelopes else None
 
-    def _post(self, batch: Batch) -> list[Outcome]:
+        def post() -> list[Outcome]:
+            answered = iter(self._post(kept, body) if body is not None else ())
+            return [refused[i] if i in refused else next(answered) for i in range(len(batch.envelopes))]
+        return post
+
+    def _body(self, batch: Batch, emails: list[str]) -> str:
+        return orjson.dumps(self.payload(batch, emails)).decode("utf-8")
+
+    def _post(self, batch: Batch, body: str) -> list[Outcome]:
         try:
-            response = self.client.client.mail.send.post(request_body=self.payload(batch),
+            response = self.client.mail.send.post(request_body=body, request_headers=_JSON,
                                                          timeout=self.config.timeout)
         except HTTPError as err:
             self._note_quota(err.headers)
@@ -160,15 +193,28 @@ class SendgridProvider(Provider):
                     for _ in batch.envelopes]
         self._note_quota(response.headers)
         message_id = _header(response.headers, "X-Message-Id")
-        return [Outcome.sent(message_id) for _ in batch.envelopes]
+        return [Outcome.sent(message_id)] * len(batch.envelopes)  # one frozen value serves them all
 
     def _note_quota(self, headers) -> None:
         remaining, reset = _header(headers, "X-RateLimit-Remaining"), _header(headers, "X-RateLimit-Reset")
-        if remaining is not None and remaining.strip() == "0" and reset and reset.strip().isdigit():
-            self.resume_at = float(reset)
+        if not (reset and reset.strip().isdigit()):
+            return
+        with self._quota:
+            if remaining is not None and remaining.strip() == "0":
+                self.resume_at = max(self.resume_at, float(reset))
+            if remaining is not None and remaining.strip().isdigit():
+                left, until = int(remaining), float(reset)
+                if until > self.window[0] or self.window[1] is None:
+                    self.window = (until, left)
+                elif until == self.window[0]:
+                    self.window = (until, min(left, self.window[1]))
 
     def pause(self) -> float:
         return max(0.0, self.resume_at - self.clock())
+
+    def room(self) -> float:
+        until, left = self.window
+        return float("inf") if left is None or self.clock() >= until else float(left)
 
     def _refused(self, err: HTTPError, batch: Batch) -> list[Outcome]:
         status = err.status_code
