@@ -21,6 +21,7 @@ import yaml
 from . import permalink as permalink_module
 from .clock import parse_duration
 from .errors import ConfigError, Problem, UnknownNameError
+from .frontyaml import ImpossibleValue, load_yaml
 
 NEWSLETTER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_SUBJECT = "{{ newsletter.title }}: {{ issue.date.strftime('%-d %B %Y') }}"
@@ -318,14 +319,12 @@ def _jekyll_config(source: Path, check: _Collector) -> dict[str, Any] | None:
     config_file = source / "_config.yml"
     if not config_file.is_file():
         return None
-    from .posts import PostError, _load_yaml  # the reader's bounded loader (posts.py imports this module)
-
     try:
-        data = _load_yaml(config_file.read_text(encoding="utf-8-sig")) or {}
+        data = load_yaml(config_file.read_text(encoding="utf-8-sig")) or {}
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
         check.error("site.source", f"{config_file} cannot be read: {err}")
         return {}
-    except PostError as err:  # an impossible date, an alias that expands without end
+    except ImpossibleValue as err:  # an impossible date
         where = f" (line {err.line - 1})" if err.line else ""  # the reader counts the front matter's opening ---
         check.error("site.source", f"{config_file}{where} cannot be used: {err}")
         return {}
