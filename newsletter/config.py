@@ -36,6 +36,7 @@ SITE_KEYS = {
     "permalink": None,
     "excerpt_separator": None,
     "future": None,
+    "cache": ".newsletter-cache",
 }
 NEWSLETTER_KEYS = {
     "title": None,
@@ -117,6 +118,8 @@ class SiteConfig:
     #: Jekyll's `defaults:` entries that may apply to posts, in the order listed, as (scope path as written,
     #: whether the scope names a type, values); which apply to a post and in what order is site.py's job
     defaults: tuple[tuple[str, bool, dict], ...] = field(default=(), compare=False)
+    #: the folder of the post cache (see postcache.py); None reads every post file every time
+    cache: Path | None = field(default=None, compare=False)
 
     @property
     def absolute_base(self) -> str:
@@ -375,7 +378,16 @@ def _read_site(table: dict, base: Path, source_override: Path | None, check: _Co
         is_jekyll=is_jekyll,
         exclude=_jekyll_exclude(jekyll, source, check),
         defaults=_jekyll_post_defaults(jekyll),
+        cache=_cache_folder(table, base, check),
     )
+
+
+def _cache_folder(table: dict, base: Path, check: _Collector) -> Path | None:
+    """[site] cache, relative to the config file; NEWSLETTER_CACHE_DIR overrides it; empty turns it off."""
+    folder = os.environ.get("NEWSLETTER_CACHE_DIR")
+    if folder is None:
+        folder = check.typed(table, "site", "cache", str, SITE_KEYS["cache"])
+    return base / folder if folder else None
 
 
 def _jekyll_post_defaults(jekyll: dict[str, Any] | None) -> tuple[tuple[str, bool, dict], ...]:

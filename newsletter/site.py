@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import Config, SiteConfig
 from .errors import Problem, display_path
+from .postcache import Outcome, PostCache
 from .posts import DATED_NAME, POST_EXTS, Post, PostError, deep_merge, read_post
 
 _SKIPPED_DIRS = {"node_modules", "vendor"}
@@ -33,26 +34,53 @@ def read_site(config: Config, now: datetime) -> ReadResult:
 class ReadResult:
     posts: list[Post]
     problems: list[Problem]
+    #: how many post files were parsed (the others came from the post cache)
+    parsed: int = 0
 
 
 def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     """Read every post of the site, newest first, leaving out drafts, unpublished and (unless the site
-    publishes them) future posts."""
+    publishes them) future posts. A file unchanged since the last read comes from the post cache, with the
+    same warnings or error as when it was parsed."""
     posts: list[Post] = []
     problems: list[Problem] = []
+    parsed = 0
     defaults = FrontMatterDefaults(site)
+    cache = PostCache.for_site(site)
     for path, relative, folder_categories in find_post_files(site, problems):
+        scopes = defaults.scopes(relative)
         try:
-            post, warnings = read_post(path, relative, site, folder_categories, defaults.for_post(relative))
-        except PostError as err:
-            problems.append(Problem(display_path(path), str(err), err.line))
+            found = os.stat(path)
+            stamp: tuple | None = (found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino)
+        except OSError:
+            stamp = None  # read_post says why
+        outcome = cache.get(relative, stamp, scopes, site) if stamp is not None else None
+        if outcome is None:
+            outcome = _parse(path, relative, site, folder_categories, defaults.merged(scopes))
+            parsed += 1
+            if stamp is not None:
+                cache.put(relative, stamp, scopes, outcome)
+        shown = display_path(path) if outcome.warnings or outcome.error else ""
+        if outcome.error is not None:
+            problems.append(Problem(shown, str(outcome.error), outcome.error.line))
             continue
-        problems.extend(Problem(display_path(path), str(warning), warning.line) for warning in warnings)
+        problems.extend(Problem(shown, str(warning), warning.line) for warning in outcome.warnings)
+        post = outcome.post
         if post is None or (post.date > now and not site.future):
             continue
         posts.append(post)
+    if (unwritable := cache.save()) is not None and cache.path is not None:
+        problems.append(Problem(display_path(cache.path), unwritable))
     posts.sort(key=lambda p: (p.date, p.path), reverse=True)
-    return ReadResult(posts, problems)
+    return ReadResult(posts, problems, parsed)
+
+
+def _parse(path: Path, relative: str, site: SiteConfig, folders: list[str], defaults: dict[str, Any]) -> Outcome:
+    try:
+        post, warnings = read_post(path, relative, site, folders, defaults)
+    except PostError as err:
+        return Outcome(None, (), err)
+    return Outcome(post, tuple(warnings))
 
 
 class FrontMatterDefaults:
@@ -65,19 +93,30 @@ class FrontMatterDefaults:
         self.sets = site.defaults
         self.source = site.source
         self._globbed: dict[str, tuple[str, ...]] = {}
+        self._merged: dict[tuple[int, ...], dict[str, Any]] = {}
+
+    def scopes(self, relative: str) -> tuple[int, ...]:
+        """Which sets apply to the post at `relative`, by their place in the list."""
+        return tuple(i for i, (path, _, _) in enumerate(self.sets) if self._applies(path, relative))
+
+    def merged(self, scopes: tuple[int, ...]) -> dict[str, Any]:
+        """The values of these sets merged in Jekyll's order (the same dict for posts with the same sets;
+        nothing changes it)."""
+        if scopes not in self._merged:
+            merged: dict[str, Any] = {}
+            winner: tuple[int, bool] | None = None
+            for index in scopes:
+                path, typed, values = self.sets[index]
+                rank = (len(path[1:] if path.startswith("/") else path), typed)
+                if winner is None or rank >= winner:
+                    merged, winner = deep_merge(merged, values), rank
+                else:
+                    merged = deep_merge(values, merged)
+            self._merged[scopes] = merged
+        return self._merged[scopes]
 
     def for_post(self, relative: str) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        winner: tuple[int, bool] | None = None
-        for path, typed, values in self.sets:
-            if not self._applies(path, relative):
-                continue
-            rank = (len(path[1:] if path.startswith("/") else path), typed)
-            if winner is None or rank >= winner:
-                merged, winner = deep_merge(merged, values), rank
-            else:
-                merged = deep_merge(values, merged)
-        return merged
+        return self.merged(self.scopes(relative))
 
     def _applies(self, scope: str, relative: str) -> bool:
         # As Jekyll: a plain prefix of the path as written (so "tech" also covers "technology/..."), or, with a
