@@ -89,6 +89,7 @@ class PostCache:
 
     def __init__(self, path: Path | None, fingerprint: bytes, started_ns: int | None = None):
         self.path = path
+        self.enabled = path is not None
         self.fingerprint = fingerprint
         # A file changed less than RACY_NS before the read began may change again within the same tick of the
         # file system's clock, keeping its stamp: such a file is read from disk until it is older.
@@ -104,7 +105,7 @@ class PostCache:
 
     def get(self, relative: str, stamp: tuple, scopes: tuple[int, ...], site: SiteConfig) -> Outcome | None:
         """The outcome kept for this file, when its stamp and defaults are the ones it was read with."""
-        entry = self._old.get(relative)
+        entry = self._old.get(relative) if self.enabled else None
         if entry is None or entry[2] is None or entry[0] != stamp or entry[1] != scopes:
             return None
         try:
@@ -117,6 +118,8 @@ class PostCache:
     def put(self, relative: str, stamp: tuple, scopes: tuple[int, ...], outcome: Outcome) -> None:
         """Keep what reading a file gave (or, for a file changed just now or a post the cache cannot hold, a
         mark that it is read from disk)."""
+        if not self.enabled:
+            return
         packed = None
         if stamp[1] < self._racy_from:
             try:

@@ -424,7 +424,7 @@ def _slug_title(name_slug: str) -> str:
 
 
 def read_post(
-    path: Path, relative: str, site: SiteConfig, folders: list[str], defaults: dict[str, Any] | None = None
+    path: str | os.PathLike[str], relative: str, site: SiteConfig, folders: list[str], defaults: dict[str, Any] | None = None
 ) -> tuple[Post | None, list[PostWarning]]:
     """Read one post file, with the front-matter `defaults` that apply to it beneath its own front matter.
 
@@ -432,7 +432,8 @@ def read_post(
     that were left out or replaced; raises PostError when the post cannot be read at all.
     """
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:
+            raw = file.read()
     except OSError as err:
         raise PostError(f"cannot be read: {err.strerror}") from err
     own, content = split_front_matter(raw)
@@ -440,10 +441,10 @@ def read_post(
     if data.get("published") is False or (not site.is_jekyll and data.get("draft") is True):
         return None, []
     notes = _Notes(_line_finder(raw))
-    name = path.name
-    ext = os.path.splitext(name)[1]
+    name = os.path.basename(path)
+    basename, ext = os.path.splitext(name)
     dated = DATED_NAME.match(name)
-    name_date, name_slug = (dated.group(1), dated.group(2)) if dated else (None, os.path.splitext(name)[0])
+    name_date, name_slug = (dated.group(1), dated.group(2)) if dated else (None, basename)
     name_slug = name_slug.rstrip(".")
     when = _post_date(data, name_date, site, notes.line_of)
     slug = notes.text(data, "slug", "the file name's slug is used") or name_slug
@@ -452,7 +453,7 @@ def read_post(
     values = permalink.UrlValues(
         date=when,
         slug=slug,
-        basename=os.path.splitext(name)[0],
+        basename=basename,
         categories=list(categories),
         output_ext=".html",
         path=relative,

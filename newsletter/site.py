@@ -49,11 +49,7 @@ def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     cache = PostCache.for_site(site)
     for path, relative, folder_categories in find_post_files(site, problems):
         scopes = defaults.scopes(relative)
-        try:
-            found = os.stat(path)
-            stamp: tuple | None = (found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino)
-        except OSError:
-            stamp = None  # read_post says why
+        stamp = _stamp(path) if cache.enabled else None
         outcome = cache.get(relative, stamp, scopes, site) if stamp is not None else None
         if outcome is None:
             outcome = _parse(path, relative, site, folder_categories, defaults.merged(scopes))
@@ -75,7 +71,16 @@ def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     return ReadResult(posts, problems, parsed)
 
 
-def _parse(path: Path, relative: str, site: SiteConfig, folders: list[str], defaults: dict[str, Any]) -> Outcome:
+def _stamp(path: str) -> tuple[int, int, int, int] | None:
+    """What the cache knows a file's version by; None when it cannot be had (read_post then says why)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino
+
+
+def _parse(path: str, relative: str, site: SiteConfig, folders: list[str], defaults: dict[str, Any]) -> Outcome:
     try:
         post, warnings = read_post(path, relative, site, folders, defaults)
     except PostError as err:
@@ -131,7 +136,7 @@ class FrontMatterDefaults:
         return any(relative.startswith(p) for p in self._globbed[scope])
 
 
-def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[Path, str, list[str]]]:
+def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[str, str, list[str]]]:
     """Yield (path, path relative to the source, categories from folders above _posts/) for each post file.
 
     Symbolic links are followed as Jekyll's safe mode does: never to a place outside the site, and a folder is
@@ -180,7 +185,7 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
             if not entry.is_file() and os.path.lexists(os.path.realpath(entry.path)):
                 skipped.append(Problem(display_path(Path(entry.path)), "skipped: not a regular file"))
                 continue
-            yield Path(entry.path), relative, parts[: parts.index("_posts")] if "_posts" in parts else []
+            yield entry.path, relative, parts[: parts.index("_posts")] if "_posts" in parts else []
         folders.extend(reversed(subfolders))
 
 
