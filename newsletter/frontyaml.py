@@ -49,16 +49,31 @@ class _Rebuild(Exception):
 
 
 class _Loader(_LOADER):  # type: ignore[misc, valid-type]
-    """The C safe loader with Resolver.resolve without path resolvers (the safe loader has none)."""
+    """The C safe loader with Resolver.resolve without path resolvers (the safe loader has none), and the
+    tags of plain scalars remembered (keys and short values repeat from post to post)."""
 
     def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
         if kind is ScalarNode:
             if implicit[0]:
-                for tag, regexp in _RESOLVERS.get(value[:1], _ANY):
-                    if regexp.match(value):
-                        return tag
+                tag = _RESOLVED.get(value)
+                if tag is None:
+                    tag = _resolve_plain(value)
+                    if len(_RESOLVED) < _RESOLVED_MAX and len(value) <= 64:
+                        _RESOLVED[value] = tag
+                return tag
             return self.DEFAULT_SCALAR_TAG
         return self.DEFAULT_SEQUENCE_TAG if kind is SequenceNode else self.DEFAULT_MAPPING_TAG
+
+
+_RESOLVED: dict[str, str] = {}
+_RESOLVED_MAX = 4096
+
+
+def _resolve_plain(value: str) -> str:
+    for tag, regexp in _RESOLVERS.get(value[:1], _ANY):
+        if regexp.match(value):
+            return tag
+    return _LOADER.DEFAULT_SCALAR_TAG
 
 
 class _QuickLoader(_Loader):
@@ -123,7 +138,7 @@ def _may_exceed_bounds(text: str) -> bool:
     one of these characters, so most posts skip the check (and, having no alias, are built quickly)."""
     if "*" in text:
         return True
-    return text.count(":") + text.count("-") + text.count("[") + text.count("{") + text.count("?") > MAX_DEPTH
+    return len(text) > MAX_DEPTH and text.count(":") + text.count("-") + text.count("[") + text.count("{") + text.count("?") > MAX_DEPTH
 
 
 def _children(node: Node) -> list[Node]:

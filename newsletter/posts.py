@@ -412,7 +412,7 @@ def _excerpt_source(data: dict[str, Any], content: str, site: SiteConfig, notes:
     head, found, tail = content.partition(separator)
     if not found or not tail:
         return head
-    definitions = _LINK_DEFINITION.findall(tail)
+    definitions = _LINK_DEFINITION.findall(tail) if "]:" in tail else []
     return head + ("\n\n" + "\n".join(definitions) if definitions else "")
 
 
