@@ -17,6 +17,7 @@ Deleting it is always safe.
 from __future__ import annotations
 
 import hashlib
+import json
 import marshal
 import os
 import sys
@@ -103,13 +104,13 @@ class PostCache:
         path = cache_file(site)
         return cls(path, fingerprint(site) if path is not None else b"")
 
-    def get(self, relative: str, stamp: tuple, scopes: tuple[int, ...], site: SiteConfig) -> Outcome | None:
+    def get(self, relative: str, stamp: tuple, scopes: tuple[int, ...], base_url: str) -> Outcome | None:
         """The outcome kept for this file, when its stamp and defaults are the ones it was read with."""
         entry = self._old.get(relative) if self.enabled else None
         if entry is None or entry[2] is None or entry[0] != stamp or entry[1] != scopes:
             return None
         try:
-            outcome = _unpack_outcome(entry[2], relative, site)
+            outcome = _unpack_outcome(entry[2], relative, base_url)
         except Exception:  # noqa: BLE001 - a damaged entry, whatever is wrong with it: the file is read again
             return None
         self._new[relative] = entry
@@ -188,10 +189,10 @@ def _pack_outcome(outcome: Outcome) -> tuple:
         raise _Uncacheable
     return ("post", warnings, _pack(post.date), post.title, post.slug, post.categories, post.tags, post.author,
             post.image, post.image_alt, post.image_path, post.excerpt_source, post.excerpt_is_html,
-            _pack(post.data), post.url_template, values.slug, values.basename, values.output_ext)
+            _pack_data(post.data), post.url_template, values.slug, values.basename, values.output_ext)
 
 
-def _unpack_outcome(packed: tuple, relative: str, site: SiteConfig) -> Outcome:
+def _unpack_outcome(packed: tuple, relative: str, base_url: str) -> Outcome:
     kind = packed[0]
     if kind == "error" and len(packed) == 4:
         _, message, line, warnings = packed
@@ -203,17 +204,22 @@ def _unpack_outcome(packed: tuple, relative: str, site: SiteConfig) -> Outcome:
     (_, warnings, when, title, slug, categories, tags, author, image, image_alt, image_path, excerpt_source,
      excerpt_is_html, data, url_template, url_slug, basename, output_ext) = packed
     when = _unpack(when)
-    categories, tags = _names(categories), _names(tags)
-    if not isinstance(when, datetime) or not isinstance(data := _unpack(data), dict):
-        raise ValueError("post")
-    values = permalink.UrlValues(date=when, slug=_text(url_slug), basename=_text(basename),
-                                 categories=list(categories), output_ext=_text(output_ext), path=relative)
+    categories, tags, data = _names(categories), _names(tags), _unpack_data(data)
+    if when.__class__ is not datetime:
+        raise TypeError(when)
+    for text in (title, slug, excerpt_source, url_template, url_slug, basename, output_ext):
+        if text.__class__ is not str:
+            raise TypeError(text)
+    for text in (author, image, image_alt, image_path):
+        if text is not None and text.__class__ is not str:
+            raise TypeError(text)
+    values = permalink.UrlValues(date=when, slug=url_slug, basename=basename, categories=list(categories),
+                                 output_ext=output_ext, path=relative)
     post = Post(
-        path=relative, date=when, title=_text(title), slug=_text(slug), categories=categories, tags=tags,
-        author=_optional(author), image=_optional(image), image_alt=_optional(image_alt),
-        image_path=_optional(image_path), excerpt_source=_text(excerpt_source),
-        excerpt_is_html=_flag(excerpt_is_html), data=data, url_template=_text(url_template), url_values=values,
-        base_url=site.absolute_base,
+        path=relative, date=when, title=title, slug=slug, categories=categories, tags=tags, author=author,
+        image=image, image_alt=image_alt, image_path=image_path, excerpt_source=excerpt_source,
+        excerpt_is_html=_flag(excerpt_is_html), data=data, url_template=url_template, url_values=values,
+        base_url=base_url,
     )
     return Outcome(post, _warnings(warnings))
 
@@ -222,10 +228,6 @@ def _text(value: Any) -> str:
     if value.__class__ is not str:
         raise TypeError(value)
     return value
-
-
-def _optional(value: Any) -> str | None:
-    return None if value is None else _text(value)
 
 
 def _flag(value: Any) -> bool:
@@ -255,6 +257,52 @@ def _warnings(value: Any) -> tuple[PostWarning, ...]:
 # Front-matter values as marshal stores them: the plain ones as they are, the others as a tuple naming their
 # type (YAML makes tuples only inside !!omap and !!pairs, and those are tagged too).
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _plain(value: Any) -> bool:
+    """Whether JSON gives this value back as it is: no dates, tuples, sets, bytes or keys but strings."""
+    kind = value.__class__
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return True
+    if kind is list:
+        return all(map(_plain, value))
+    if kind is dict:
+        return all(key.__class__ is str for key in value) and all(map(_plain, value.values()))
+    return False
+
+
+def _pack_data(data: dict[str, Any]) -> tuple:
+    """A front matter as ("json", JSON of the mapping with its top-level values that are not plain set to
+    null, those values tagged), which is quick to unpack and gives nothing but plain values (usually only
+    `date` needs tagging), or ("tagged", the whole tagged) when a key is not a string."""
+    mapping, tagged = {}, []
+    for key, value in data.items():
+        if key.__class__ is not str:
+            return ("tagged", _pack(data))
+        if _plain(value):
+            mapping[key] = value
+        else:
+            mapping[key] = None
+            tagged.append((key, _pack(value)))
+    return ("json", json.dumps(mapping), tuple(tagged))
+
+
+def _unpack_data(packed: Any) -> dict[str, Any]:
+    if packed[0] == "json" and len(packed) == 3:
+        data = json.loads(packed[1])
+        if data.__class__ is not dict:
+            raise TypeError(data)
+        for key, value in packed[2]:
+            if key not in data or data[key] is not None:
+                raise ValueError(key)
+            data[key] = _unpack(value)
+        return data
+    if packed[0] == "tagged" and len(packed) == 2:
+        data = _unpack(packed[1])
+        if data.__class__ is not dict:
+            raise TypeError(data)
+        return data
+    raise ValueError(packed[0])
 
 
 def _pack(value: Any) -> Any:
@@ -289,6 +337,9 @@ def _pack_zone(zone: Any) -> Any:
     raise _Uncacheable(zone)
 
 
+_ZONES: dict[str, zoneinfo.ZoneInfo] = {}
+
+
 def _unpack(value: Any) -> Any:
     kind = value.__class__
     if kind in _PLAIN:
@@ -305,7 +356,7 @@ def _unpack(value: Any) -> Any:
         if zone is None:
             tz = None
         elif zone.__class__ is str:
-            tz = zoneinfo.ZoneInfo(zone)
+            tz = _ZONES.get(zone) or _ZONES.setdefault(zone, zoneinfo.ZoneInfo(zone))
         else:
             tz = timezone(timedelta(*zone))
         return datetime(*value[1:8], fold=value[8], tzinfo=tz)

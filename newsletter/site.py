@@ -60,10 +60,11 @@ def _read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     parsed = 0
     defaults = FrontMatterDefaults(site)
     cache = PostCache.for_site(site)
+    base_url = site.absolute_base
     for path, relative, folder_categories in find_post_files(site, problems):
         scopes = defaults.scopes(relative)
         stamp = _stamp(path) if cache.enabled else None
-        outcome = cache.get(relative, stamp, scopes, site) if stamp is not None else None
+        outcome = cache.get(relative, stamp, scopes, base_url) if stamp is not None else None
         if outcome is None:
             outcome = _parse(path, relative, site, folder_categories, defaults.merged(scopes))
             parsed += 1
@@ -176,8 +177,10 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
             continue
         folder, real_folder, parts = folders.pop()
         subfolders = []
+        prefix = "".join(part + "/" for part in parts)
+        categories = parts[: parts.index("_posts")] if "_posts" in parts else []
         for entry in _entries(folder, skipped):
-            relative = "/".join([*parts, entry.name])
+            relative = prefix + entry.name
             if entry.is_dir():
                 if not _wanted_folder(entry.name, parts, site) or _excluded(relative, site.exclude):
                     continue
@@ -190,7 +193,7 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
                     seen.add(key)
                     subfolders.append((entry.path, key[0], below))
                 continue
-            if not _wanted_file(entry.name, parts, site) or _excluded(relative, site.exclude):
+            if not _wanted_file(entry.name, parts, site) or site.exclude and _excluded(relative, site.exclude):
                 continue
             if entry.is_symlink() and not _inside(real := os.path.realpath(entry.path), root):
                 skipped.append(Problem(display_path(Path(entry.path)), _outside(real)))
@@ -198,7 +201,7 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
             if not entry.is_file() and os.path.lexists(os.path.realpath(entry.path)):
                 skipped.append(Problem(display_path(Path(entry.path)), "skipped: not a regular file"))
                 continue
-            yield entry.path, relative, parts[: parts.index("_posts")] if "_posts" in parts else []
+            yield entry.path, relative, categories
         folders.extend(reversed(subfolders))
 
 
@@ -220,7 +223,8 @@ def _wanted_folder(name: str, parts: list[str], site: SiteConfig) -> bool:
 def _wanted_file(name: str, parts: list[str], site: SiteConfig) -> bool:
     if site.is_jekyll and "_posts" not in parts:
         return False
-    ext = os.path.splitext(name)[1].lower()
+    dot = name.rfind(".")
+    ext = name[dot:].lower() if dot > 0 else ""  # os.path.splitext's, for a name without a leading dot
     if _special(name) or name.endswith("~") or ext not in POST_EXTS:
         return False
     return not site.is_jekyll or DATED_NAME.match(name) is not None

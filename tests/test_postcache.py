@@ -304,9 +304,9 @@ def test_a_file_changed_just_before_the_read_is_not_kept(tmp_path):
     cache.put("_posts/old.md", (10, OLD_NS, OLD_NS, 2), (), outcome)
     cache.save()
     again = PostCache(tmp_path / "posts.cache", b"f" * 32, started_ns=started)
-    assert again.get("_posts/recent.md", (10, started - 1, started - 1, 1), (), None) is None
+    assert again.get("_posts/recent.md", (10, started - 1, started - 1, 1), (), "") is None
     again.put("_posts/recent.md", (10, started - 1, started - 1, 1), (), outcome)  # read from disk again
-    kept = again.get("_posts/old.md", (10, OLD_NS, OLD_NS, 2), (), None)
+    kept = again.get("_posts/old.md", (10, OLD_NS, OLD_NS, 2), (), "")
     assert kept.post is None
     assert [(str(w), w.line) for w in kept.warnings] == [("a warning", 3)]
     os.utime(tmp_path / "posts.cache", ns=(OLD_NS, OLD_NS))
@@ -320,8 +320,8 @@ def test_errors_and_warnings_come_back_with_their_lines(tmp_path):
     cache.put("_posts/bad.md", stamp, (0, 2), Outcome(None, (), PostError("invalid YAML front matter: x", 4)))
     cache.save()
     again = PostCache(tmp_path / "posts.cache", b"f" * 32)
-    assert again.get("_posts/bad.md", stamp, (0, 1), None) is None  # other defaults apply now
-    kept = again.get("_posts/bad.md", stamp, (0, 2), None)
+    assert again.get("_posts/bad.md", stamp, (0, 1), "") is None  # other defaults apply now
+    kept = again.get("_posts/bad.md", stamp, (0, 2), "")
     assert (str(kept.error), kept.error.line, kept.post) == ("invalid YAML front matter: x", 4, None)
 
 
