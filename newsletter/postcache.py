@@ -125,7 +125,7 @@ class PostCache:
         if stamp[1] < self._racy_from:
             try:
                 packed = _pack_outcome(outcome)
-            except _Uncacheable:
+            except (_Uncacheable, ValueError):  # ValueError: an integer too long for JSON to write
                 pass
         entry = (stamp, scopes, packed)
         self._new[relative] = entry

@@ -12,7 +12,7 @@ import marshal
 import os
 import pickle
 import shutil
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -350,3 +350,22 @@ def test_the_settings_fingerprint_covers_the_defaults(tmp_path):
     changed = dataclasses.replace(config, defaults=config.defaults[1:])
     assert fingerprint(config) == fingerprint(site_config(site).site)
     assert fingerprint(changed) != fingerprint(config)
+
+
+def test_a_post_the_cache_cannot_hold_is_read_from_its_file_every_time(tmp_path):
+    """A hexadecimal number too long for Python to print in decimal (YAML reads it; JSON cannot write it), a
+    set and a date as a key: the post reads the same, from the cache or from its file."""
+    site = copy_site("broken-site", tmp_path)
+    write_post(site, "2025-03-08-huge-number.md", "---\ntitle: Huge\nn: 0x" + "f" * 4000 + "\n---\nBody.\n")
+    write_post(site, "2025-03-09-set-and-date-key.md",
+               "---\ntitle: Odd\ns: !!set {a, b}\nwhen: {2025-03-09: launch}\n---\nBody.\n")
+    uncached = read(site, FIXED_NOW, cache=None)
+    first, second = read(site, FIXED_NOW), read(site, FIXED_NOW)
+    for result in (first, second):  # (repr cannot print the number: compared as values)
+        assert result.posts == uncached.posts
+        assert [p.data for p in result.posts] == [p.data for p in uncached.posts]
+        assert [str(p) for p in result.problems] == [str(p) for p in uncached.problems]
+    assert second.parsed == 1  # the huge number only
+    posts = {p.title: p for p in second.posts}
+    assert posts["Huge"].data["n"] == 16 ** 4000 - 1
+    assert posts["Odd"].data == {"title": "Odd", "s": {"a", "b"}, "when": {date(2025, 3, 9): "launch"}}
