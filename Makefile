@@ -58,5 +58,5 @@ lint: $(STAMP)
 	$(BIN)/ruff check newsletter tests bench
 
 clean:
-	rm -rf $(VENV) previews outbox newsletter.db newsletter.db-wal newsletter.db-shm .pytest_cache
+	rm -rf $(VENV) previews outbox newsletter.db newsletter.db-wal newsletter.db-shm .pytest_cache .newsletter-cache
 	rm -f scheduled.db scheduled.db-wal scheduled.db-shm

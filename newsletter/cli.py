@@ -8,6 +8,7 @@ report it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -53,6 +54,7 @@ class State:
     config_given: bool
     now_text: str | None
     strict: bool
+    no_cache: bool = False
     warnings: list[Problem] = field(default_factory=list)
     exit_code: int = 0
 
@@ -61,6 +63,8 @@ class State:
         if source is not None and not self.config_given and not self.config_path.exists():
             path = None
         config = load_config(path, source_override=source)
+        if self.no_cache:
+            config = dataclasses.replace(config, site=dataclasses.replace(config.site, cache=None))
         self.warn(config.warnings)
         return config
 
@@ -141,11 +145,12 @@ class NewsletterGroup(click.Group):
 @click.option("--now", "now_text", metavar="DATETIME",
               help="The reference time, ISO 8601 (naive means the site's time zone) [default: now].")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) when any warning was reported, for CI.")
+@click.option("--no-cache", is_flag=True, help="Parse every post file, without reading or writing the post cache.")
 @click.version_option(__version__, prog_name="newsletter")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, now_text: str | None, strict: bool) -> None:
+def cli(ctx: click.Context, config_path: Path | None, now_text: str | None, strict: bool, no_cache: bool) -> None:
     """Turn a blog's Markdown posts into email digests."""
-    ctx.obj = State(config_path or Path("newsletter.toml"), config_path is not None, now_text, strict)
+    ctx.obj = State(config_path or Path("newsletter.toml"), config_path is not None, now_text, strict, no_cache)
 
 
 @cli.command()

@@ -21,6 +21,7 @@ import yaml
 from . import permalink as permalink_module
 from .clock import parse_duration
 from .errors import ConfigError, Problem, UnknownNameError
+from .frontyaml import ImpossibleValue, load_yaml
 
 NEWSLETTER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_SUBJECT = "{{ newsletter.title }}: {{ issue.date.strftime('%-d %B %Y') }}"
@@ -35,6 +36,7 @@ SITE_KEYS = {
     "permalink": None,
     "excerpt_separator": None,
     "future": None,
+    "cache": ".newsletter-cache",
 }
 NEWSLETTER_KEYS = {
     "title": None,
@@ -119,6 +121,8 @@ class SiteConfig:
     #: Jekyll's `defaults:` entries that may apply to posts, in the order listed, as (scope path as written,
     #: whether the scope names a type, values); which apply to a post and in what order is site.py's job
     defaults: tuple[tuple[str, bool, dict], ...] = field(default=(), compare=False)
+    #: the folder of the post cache (see postcache.py); None reads every post file every time
+    cache: Path | None = field(default=None, compare=False)
 
     @property
     def absolute_base(self) -> str:
@@ -329,14 +333,12 @@ def _jekyll_config(source: Path, check: _Collector) -> dict[str, Any] | None:
     config_file = source / "_config.yml"
     if not config_file.is_file():
         return None
-    from .posts import PostError, _load_yaml  # the reader's bounded loader (posts.py imports this module)
-
     try:
-        data = _load_yaml(config_file.read_text(encoding="utf-8-sig")) or {}
+        data = load_yaml(config_file.read_text(encoding="utf-8-sig")) or {}
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
         check.error("site.source", f"{config_file} cannot be read: {err}")
         return {}
-    except PostError as err:  # an impossible date, an alias that expands without end
+    except ImpossibleValue as err:  # an impossible date
         where = f" (line {err.line - 1})" if err.line else ""  # the reader counts the front matter's opening ---
         check.error("site.source", f"{config_file}{where} cannot be used: {err}")
         return {}
@@ -387,7 +389,16 @@ def _read_site(table: dict, base: Path, source_override: Path | None, check: _Co
         is_jekyll=is_jekyll,
         exclude=_jekyll_exclude(jekyll, source, check),
         defaults=_jekyll_post_defaults(jekyll),
+        cache=_cache_folder(table, base, check),
     )
+
+
+def _cache_folder(table: dict, base: Path, check: _Collector) -> Path | None:
+    """[site] cache, relative to the config file; NEWSLETTER_CACHE_DIR overrides it; empty turns it off."""
+    folder = os.environ.get("NEWSLETTER_CACHE_DIR")
+    if folder is None:
+        folder = check.typed(table, "site", "cache", str, SITE_KEYS["cache"])
+    return base / folder if folder else None
 
 
 def _jekyll_post_defaults(jekyll: dict[str, Any] | None) -> tuple[tuple[str, bool, dict], ...]:

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import frontmatter
 import yaml
 
 from . import permalink
 from .clock import localize, parse_moment
 from .config import SiteConfig
+from .frontyaml import ImpossibleValue, load_yaml
 from .markup import render_excerpt
 
 MARKDOWN_EXTS = frozenset({".markdown", ".mkdown", ".mkdn", ".mkd", ".md"})
@@ -34,15 +34,6 @@ DATED_NAME = re.compile(r"^(\d{2,4}-\d{1,2}-\d{1,2})-([^/]*)(\.[^.]+)$")
 # Jekyll's YAML_FRONT_MATTER_REGEXP: a first line of ---, closed by a line of --- or ...
 FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n?)^(?:---|\.\.\.)[ \t]*$\n?", re.DOTALL | re.MULTILINE)
 _LINK_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:.+$", re.MULTILINE)
-_YAML = frontmatter.YAMLHandler()
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-# What one post's front matter may grow to: values once aliases are expanded, and levels of nesting. Far beyond
-# any real post; a few hundred bytes of nested aliases ("billion laughs") would otherwise expand to gigabytes.
-MAX_VALUES = 10_000
-MAX_DEPTH = 64
-# What a YAML value's constructor raises on a well-formed but impossible scalar (2025-02-30, hour 25, an offset
-# past 24 hours, !!int on a word, a 5,000-digit number): not a YAMLError, so caught on its own.
-_CONSTRUCTION_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
 
 
 class PostError(Exception):
@@ -55,99 +46,6 @@ class PostError(Exception):
 
 class PostWarning(PostError):
     """Something wrong in a post that is read all the same (a field left out or replaced); not raised."""
-
-
-class _BoundedLoader(_LOADER):  # type: ignore[misc, valid-type]
-    """The safe loader, refusing a document whose aliases expand past MAX_VALUES values, that nests deeper
-    than MAX_DEPTH, or that contains itself; checked on the composed nodes, before anything is built."""
-
-    def get_single_data(self) -> Any:
-        node = self.get_single_node()
-        if node is None:
-            return None
-        _check_bounds(node)
-        return self.construct_document(node)
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return node.value if isinstance(node, yaml.SequenceNode) else []
-
-
-def _check_bounds(root: yaml.Node) -> None:
-    """Count values as if every alias were written out, and levels of nesting, in time linear in the nodes
-    (a node an alias shares is measured once); raise a ConstructorError at the node that passes a bound."""
-    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth)
-    open_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        if finished:
-            open_nodes.discard(id(node))
-            below = [measured[id(child)] for child in _children(node)]
-            values, depth = 1 + sum(v for v, _ in below), 1 + max((d for _, d in below), default=0)
-            if values > MAX_VALUES:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"aliases expand it to more than {MAX_VALUES:,} values; write the values out",
-                    node.start_mark)
-            if depth > MAX_DEPTH:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"nested more than {MAX_DEPTH} levels deep", node.start_mark)
-            measured[id(node)] = (values, depth)
-            continue
-        if id(node) in measured:
-            continue
-        open_nodes.add(id(node))
-        stack.append((node, True))
-        for child in _children(node):
-            if id(child) in open_nodes:
-                raise yaml.constructor.ConstructorError(
-                    None, None, "an alias refers to a value that contains it, so the value never ends",
-                    child.start_mark)
-            stack.append((child, False))
-
-
-def _may_exceed_bounds(text: str) -> bool:
-    """Whether a front matter could break a bound: only aliases (`*name`) expand, and every level of nesting
-    takes one of these characters, so most posts skip the check."""
-    if "*" in text:
-        return True
-    return text.count(":") + text.count("-") + text.count("[") + text.count("{") + text.count("?") > MAX_DEPTH
-
-
-def _load_yaml(text: str) -> Any:
-    loader = _BoundedLoader if _may_exceed_bounds(text) else _LOADER
-    try:
-        return _YAML.load(text, Loader=loader)
-    except _CONSTRUCTION_ERRORS as err:
-        raise _impossible_value(text, err) from err
-
-
-def _impossible_value(text: str, err: Exception) -> PostError:
-    """Name the scalar a constructor refused (the error itself says neither which nor where)."""
-    loader = _LOADER(text)
-    try:
-        stack = [loader.get_single_node()]
-        while stack:
-            node = stack.pop()
-            if node is None:
-                continue
-            if isinstance(node, yaml.ScalarNode):
-                try:
-                    loader.construct_object(node)
-                except _CONSTRUCTION_ERRORS as bad:
-                    kind = "date" if node.tag.endswith(":timestamp") else "value"
-                    reason = str(bad) if isinstance(bad, ValueError) else f"not a valid {node.tag.rsplit(':')[-1]}"
-                    if "offset must be a timedelta" in reason:
-                        reason = "the offset from UTC must be less than 24 hours"
-                    shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
-                    message = f"invalid {kind} {shown!r} in front matter: {reason}"
-                    return PostError(message, node.start_mark.line + 2)
-            stack.extend(reversed(_children(node)))
-    finally:
-        loader.dispose()
-    return PostError(f"invalid YAML front matter: {err}")
 
 
 @dataclass(frozen=True)
@@ -276,7 +174,9 @@ def split_front_matter(raw: bytes) -> tuple[dict[str, Any], str]:
     if not match:
         return {}, text
     try:
-        data = _load_yaml(match.group(1)) or {}
+        data = load_yaml(match.group(1)) or {}
+    except ImpossibleValue as err:
+        raise PostError(str(err), err.line) from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 2 if mark is not None else None
@@ -512,7 +412,7 @@ def _excerpt_source(data: dict[str, Any], content: str, site: SiteConfig, notes:
     head, found, tail = content.partition(separator)
     if not found or not tail:
         return head
-    definitions = _LINK_DEFINITION.findall(tail)
+    definitions = _LINK_DEFINITION.findall(tail) if "]:" in tail else []
     return head + ("\n\n" + "\n".join(definitions) if definitions else "")
 
 
@@ -524,7 +424,7 @@ def _slug_title(name_slug: str) -> str:
 
 
 def read_post(
-    path: Path, relative: str, site: SiteConfig, folders: list[str], defaults: dict[str, Any] | None = None
+    path: str | os.PathLike[str], relative: str, site: SiteConfig, folders: list[str], defaults: dict[str, Any] | None = None
 ) -> tuple[Post | None, list[PostWarning]]:
     """Read one post file, with the front-matter `defaults` that apply to it beneath its own front matter.
 
@@ -532,7 +432,8 @@ def read_post(
     that were left out or replaced; raises PostError when the post cannot be read at all.
     """
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as file:
+            raw = file.read()
     except OSError as err:
         raise PostError(f"cannot be read: {err.strerror}") from err
     own, content = split_front_matter(raw)
@@ -540,10 +441,10 @@ def read_post(
     if data.get("published") is False or (not site.is_jekyll and data.get("draft") is True):
         return None, []
     notes = _Notes(_line_finder(raw))
-    name = path.name
-    ext = os.path.splitext(name)[1]
+    name = os.path.basename(path)
+    basename, ext = os.path.splitext(name)
     dated = DATED_NAME.match(name)
-    name_date, name_slug = (dated.group(1), dated.group(2)) if dated else (None, os.path.splitext(name)[0])
+    name_date, name_slug = (dated.group(1), dated.group(2)) if dated else (None, basename)
     name_slug = name_slug.rstrip(".")
     when = _post_date(data, name_date, site, notes.line_of)
     slug = notes.text(data, "slug", "the file name's slug is used") or name_slug
@@ -552,7 +453,7 @@ def read_post(
     values = permalink.UrlValues(
         date=when,
         slug=slug,
-        basename=os.path.splitext(name)[0],
+        basename=basename,
         categories=list(categories),
         output_ext=".html",
         path=relative,

@@ -9,6 +9,7 @@ to the reader in `posts.py`; a post that cannot be read is reported and skipped,
 from __future__ import annotations
 
 import fnmatch
+import gc
 import glob
 import os
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 from .config import Config, SiteConfig
 from .errors import Problem, display_path
+from .postcache import Outcome, PostCache
 from .posts import DATED_NAME, POST_EXTS, Post, PostError, deep_merge, read_post
 
 _SKIPPED_DIRS = {"node_modules", "vendor"}
@@ -33,26 +35,71 @@ def read_site(config: Config, now: datetime) -> ReadResult:
 class ReadResult:
     posts: list[Post]
     problems: list[Problem]
+    #: how many post files were parsed (the others came from the post cache)
+    parsed: int = 0
 
 
 def read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     """Read every post of the site, newest first, leaving out drafts, unpublished and (unless the site
-    publishes them) future posts."""
+    publishes them) future posts. A file unchanged since the last read comes from the post cache, with the
+    same warnings or error as when it was parsed."""
+    # A read makes a few hundred thousand small objects that all live on and hold no cycles; the garbage
+    # collector would walk them again and again as they pile up (a tenth of a cold read), so it waits.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _read_posts(site, now)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _read_posts(site: SiteConfig, now: datetime) -> ReadResult:
     posts: list[Post] = []
     problems: list[Problem] = []
+    parsed = 0
     defaults = FrontMatterDefaults(site)
+    cache = PostCache.for_site(site)
+    base_url = site.absolute_base
     for path, relative, folder_categories in find_post_files(site, problems):
-        try:
-            post, warnings = read_post(path, relative, site, folder_categories, defaults.for_post(relative))
-        except PostError as err:
-            problems.append(Problem(display_path(path), str(err), err.line))
+        scopes = defaults.scopes(relative)
+        stamp = _stamp(path) if cache.enabled else None
+        outcome = cache.get(relative, stamp, scopes, base_url) if stamp is not None else None
+        if outcome is None:
+            outcome = _parse(path, relative, site, folder_categories, defaults.merged(scopes))
+            parsed += 1
+            if stamp is not None:
+                cache.put(relative, stamp, scopes, outcome)
+        shown = display_path(path) if outcome.warnings or outcome.error else ""
+        if outcome.error is not None:
+            problems.append(Problem(shown, str(outcome.error), outcome.error.line))
             continue
-        problems.extend(Problem(display_path(path), str(warning), warning.line) for warning in warnings)
+        problems.extend(Problem(shown, str(warning), warning.line) for warning in outcome.warnings)
+        post = outcome.post
         if post is None or (post.date > now and not site.future):
             continue
         posts.append(post)
+    if (unwritable := cache.save()) is not None and cache.path is not None:
+        problems.append(Problem(display_path(cache.path), unwritable))
     posts.sort(key=lambda p: (p.date, p.path), reverse=True)
-    return ReadResult(posts, problems)
+    return ReadResult(posts, problems, parsed)
+
+
+def _stamp(path: str) -> tuple[int, int, int, int] | None:
+    """What the cache knows a file's version by; None when it cannot be had (read_post then says why)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino
+
+
+def _parse(path: str, relative: str, site: SiteConfig, folders: list[str], defaults: dict[str, Any]) -> Outcome:
+    try:
+        post, warnings = read_post(path, relative, site, folders, defaults)
+    except PostError as err:
+        return Outcome(None, (), err)
+    return Outcome(post, tuple(warnings))
 
 
 class FrontMatterDefaults:
@@ -65,19 +112,30 @@ class FrontMatterDefaults:
         self.sets = site.defaults
         self.source = site.source
         self._globbed: dict[str, tuple[str, ...]] = {}
+        self._merged: dict[tuple[int, ...], dict[str, Any]] = {}
+
+    def scopes(self, relative: str) -> tuple[int, ...]:
+        """Which sets apply to the post at `relative`, by their place in the list."""
+        return tuple(i for i, (path, _, _) in enumerate(self.sets) if self._applies(path, relative))
+
+    def merged(self, scopes: tuple[int, ...]) -> dict[str, Any]:
+        """The values of these sets merged in Jekyll's order (the same dict for posts with the same sets;
+        nothing changes it)."""
+        if scopes not in self._merged:
+            merged: dict[str, Any] = {}
+            winner: tuple[int, bool] | None = None
+            for index in scopes:
+                path, typed, values = self.sets[index]
+                rank = (len(path[1:] if path.startswith("/") else path), typed)
+                if winner is None or rank >= winner:
+                    merged, winner = deep_merge(merged, values), rank
+                else:
+                    merged = deep_merge(values, merged)
+            self._merged[scopes] = merged
+        return self._merged[scopes]
 
     def for_post(self, relative: str) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        winner: tuple[int, bool] | None = None
-        for path, typed, values in self.sets:
-            if not self._applies(path, relative):
-                continue
-            rank = (len(path[1:] if path.startswith("/") else path), typed)
-            if winner is None or rank >= winner:
-                merged, winner = deep_merge(merged, values), rank
-            else:
-                merged = deep_merge(values, merged)
-        return merged
+        return self.merged(self.scopes(relative))
 
     def _applies(self, scope: str, relative: str) -> bool:
         # As Jekyll: a plain prefix of the path as written (so "tech" also covers "technology/..."), or, with a
@@ -92,7 +150,7 @@ class FrontMatterDefaults:
         return any(relative.startswith(p) for p in self._globbed[scope])
 
 
-def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[Path, str, list[str]]]:
+def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[str, str, list[str]]]:
     """Yield (path, path relative to the source, categories from folders above _posts/) for each post file.
 
     Symbolic links are followed as Jekyll's safe mode does: never to a place outside the site, and a folder is
@@ -119,8 +177,10 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
             continue
         folder, real_folder, parts = folders.pop()
         subfolders = []
+        prefix = "".join(part + "/" for part in parts)
+        categories = parts[: parts.index("_posts")] if "_posts" in parts else []
         for entry in _entries(folder, skipped):
-            relative = "/".join([*parts, entry.name])
+            relative = prefix + entry.name
             if entry.is_dir():
                 if not _wanted_folder(entry.name, parts, site) or _excluded(relative, site.exclude):
                     continue
@@ -133,7 +193,7 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
                     seen.add(key)
                     subfolders.append((entry.path, key[0], below))
                 continue
-            if not _wanted_file(entry.name, parts, site) or _excluded(relative, site.exclude):
+            if not _wanted_file(entry.name, parts, site) or site.exclude and _excluded(relative, site.exclude):
                 continue
             if entry.is_symlink() and not _inside(real := os.path.realpath(entry.path), root):
                 skipped.append(Problem(display_path(Path(entry.path)), _outside(real)))
@@ -141,7 +201,7 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
             if not entry.is_file() and os.path.lexists(os.path.realpath(entry.path)):
                 skipped.append(Problem(display_path(Path(entry.path)), "skipped: not a regular file"))
                 continue
-            yield Path(entry.path), relative, parts[: parts.index("_posts")] if "_posts" in parts else []
+            yield entry.path, relative, categories
         folders.extend(reversed(subfolders))
 
 
@@ -163,7 +223,8 @@ def _wanted_folder(name: str, parts: list[str], site: SiteConfig) -> bool:
 def _wanted_file(name: str, parts: list[str], site: SiteConfig) -> bool:
     if site.is_jekyll and "_posts" not in parts:
         return False
-    ext = os.path.splitext(name)[1].lower()
+    dot = name.rfind(".")
+    ext = name[dot:].lower() if dot > 0 else ""  # os.path.splitext's, for a name without a leading dot
     if _special(name) or name.endswith("~") or ext not in POST_EXTS:
         return False
     return not site.is_jekyll or DATED_NAME.match(name) is not None

@@ -59,6 +59,7 @@ def sample_posts(sample_config):
 def isolated_environment(tmp_path, monkeypatch):
     """No test touches a database, outbox or secret outside its own temporary folder."""
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path}/isolated.db")
+    monkeypatch.setenv("NEWSLETTER_CACHE_DIR", str(tmp_path.parent / f"{tmp_path.name}-post-cache"))
     for name in ("NEWSLETTER_SECRET_KEY", "SENDGRID_API_KEY", "NEWSLETTER_SMTP_PASSWORD", "NEWSLETTER_DKIM_PRIVATE_KEY",
                  "NEWSLETTER_IMAP_PASSWORD"):
         monkeypatch.delenv(name, raising=False)

@@ -292,7 +292,8 @@ def test_output_cut_short_by_its_reader_is_not_an_error_report(tmp_path):
                FIXED_NOW)
     store.engine.dispose()
     process = subprocess.Popen([sys.executable, "-m", "newsletter", "subscribers", "export"], cwd=ROOT,
-                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "NEWSLETTER_DATABASE_URL": url},
+                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "NEWSLETTER_DATABASE_URL": url,
+                                    "NEWSLETTER_CACHE_DIR": str(tmp_path / "post-cache")},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout.readline() == b"email,name,newsletters,categories,status,signed_up_at,signup_ip\n"
     process.stdout.close()

@@ -101,7 +101,7 @@ def test_unknown_keys_warn_but_do_not_fail(tmp_path):
                                          'titel = "typo"\n[newsletters.a]\nmax_post = 3\n'))
     assert [str(p).split(": ", 1)[1] for p in config.warnings] == [
         "site.titel: unknown key, ignored (known keys: title, url, baseurl, source, timezone, permalink, "
-        "excerpt_separator, future)",
+        "excerpt_separator, future, cache)",
         "colour: unknown section or key, ignored (known: site, delivery, database, render, web, newsletters)",
         "newsletters.a.max_post: unknown key, ignored (known keys: title, description, categories, "
         "exclude_categories, max_posts, window, subject, template, schedule, timezone, catch_up, max_lookback, "
