@@ -302,3 +302,13 @@ def test_add_remove_and_status_filters(env):
     assert [s.email for s in iter_subscribers(env.store, category="Science")] == ["eve@example.org"]
     with pytest.raises(subs.NewsletterError, match="cannot add 'bad': 'bad' is not a valid address"):
         subs.add(env.store, env.config, "bad", "", ("weekly",), (), FIXED_NOW)
+
+
+def test_the_quick_control_character_search_covers_every_character_the_slow_check_refuses():
+    import sys
+    import unicodedata
+
+    refused = {chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp")}
+    found = {chr(c) for c in range(sys.maxunicode + 1) if subs.UNWANTED.match(chr(c))}
+    assert found == refused
+    assert subs._unwanted_character("Ana\u2028Souza") == "a control character (U+2028)"
