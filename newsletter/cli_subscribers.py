@@ -139,14 +139,15 @@ def add_command(state: State, email: str, name: str, newsletters: tuple[str, ...
 @click.argument("email")
 @click.pass_obj
 def remove(state: State, email: str) -> None:
-    """Unsubscribe someone: they are never emailed again (their record stays, so an import cannot re-add them)."""
-    from .subscribers import find, set_status
+    """Unsubscribe someone from every newsletter: they are never emailed again, and each departure is recorded
+    (how: operator), so no import re-adds them without --resubscribe."""
+    from .subscribers import find, remove
 
     config = state.config()
     store = state.store(config)
     if find(store, email) is None:
         raise UnknownNameError(f"no subscriber {email!r}; `newsletter subscribers list` lists them")
-    found = set_status(store, email, "unsubscribed", state.now(config))
+    found = remove(store, email, state.now(config))
     click.echo(f"unsubscribed: {found.email}")
 
 

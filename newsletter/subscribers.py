@@ -571,6 +571,24 @@ def set_status(store: Store, address: str, status: str, now: datetime) -> Subscr
     return found
 
 
+def remove(store: Store, address: str, now: datetime) -> Subscriber:
+    """Unsubscribe someone from every newsletter on the operator's word. Each subscription ends through
+    `preferences.leave`, like every other way a subscription ends, so the departure is on record (how:
+    "operator") and no import re-adds them without --resubscribe. An active subscriber becomes unsubscribed
+    (even one who held nothing); a bounced or complained one keeps that status, the stronger reason."""
+    from .preferences import OPERATOR, leave
+
+    found = find(store, address)
+    if found is None:
+        raise NewsletterError(f"no subscriber {address!r}")
+    with store.engine.begin() as conn:
+        for newsletter in found.newsletters:
+            leave(conn, found.id, newsletter, OPERATOR, now)
+        conn.execute(subscribers.update().where((subscribers.c.id == found.id) & (subscribers.c.status == "active"))
+                     .values(status="unsubscribed", updated_at=now))
+    return find(store, address)
+
+
 def add(store: Store, config: Config, address: str, name: str, newsletters: tuple[str, ...],
         categories: tuple[str, ...], now: datetime, resubscribe: bool = False) -> ImportReport:
     """Add or update one subscriber, with the same rules as one row of an import."""

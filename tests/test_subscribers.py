@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
@@ -390,3 +390,28 @@ def test_a_bad_consent_cell_is_an_invalid_row_naming_its_column_and_the_rest_imp
     assert sorted(everyone(env)) == ["ana@example.org", "gus@example.org"]
     assert exported(env)[1:] == ["ana@example.org,,weekly,,active,2025-03-01T09:30:00+00:00,192.0.2.7",
                                  "gus@example.org,,weekly,,active,2026-01-05T07:00:00+00:00,::1"]
+
+
+def test_remove_ends_every_subscription_with_a_departure_on_record(env):
+    from newsletter import preferences
+
+    load(env, "email,newsletters,categories,status\n"
+              "ana@example.org,weekly;lab,lab:Science,active\n"
+              "bo@example.org,weekly,,bounced\n"
+              "cy@example.org,lab,,active\n")
+    later = FIXED_NOW + timedelta(days=1)
+    removed = subs.remove(env.store, "ANA@example.org", later)
+    assert (removed.status, removed.newsletters) == ("unsubscribed", {})
+    ana = find(env.store, "ana@example.org").id
+    assert preferences.departures(env.store, ana) == [preferences.Departure("lab", later, "operator", None),
+                                                      preferences.Departure("weekly", later, "operator", None)]
+    bounced = subs.remove(env.store, "bo@example.org", later)
+    assert (bounced.status, bounced.newsletters) == ("bounced", {})
+    assert [d.how for d in preferences.departures(env.store, bounced.id)] == ["operator"]
+    assert exported(env)[1:3] == ["ana@example.org,,lab;weekly,,unsubscribed,,", "bo@example.org,,weekly,,bounced,,"]
+    report = load(env, "email,newsletters,status\nana@example.org,weekly,unsubscribed\n")
+    assert (report.kept_unsubscribed, everyone(env)["ana@example.org"]) == (
+        ["ana@example.org (weekly)"], ("", "unsubscribed", {}))
+    with pytest.raises(subs.NewsletterError, match="no subscriber 'nobody@example.org'"):
+        subs.remove(env.store, "nobody@example.org", later)
+    assert everyone(env)["cy@example.org"] == ("", "active", {"lab": ()})
