@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 
-from newsletter.store import MIGRATIONS, make_engine, metadata, open_store
+from newsletter.store import MIGRATIONS, make_engine, metadata, newest_revision, open_store
 
 
 def test_a_new_database_gets_every_table_at_the_newest_version(db_url):
@@ -108,3 +108,27 @@ def test_database_faults_are_store_errors_and_constraint_errors_are_not(tmp_path
     with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO settings (key, value) VALUES ('k', 'v'), ('k', 'w')"))
     store.engine.dispose()
+
+
+def test_the_newest_revision_read_from_the_file_names_is_alembics_head():
+    from alembic.script import ScriptDirectory
+
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", str(MIGRATIONS))
+    assert newest_revision() == ScriptDirectory.from_config(alembic).get_current_head() == "0006"
+
+
+def test_an_up_to_date_database_opens_without_alembic_and_an_older_one_is_still_upgraded(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    open_store(url).engine.dispose()
+    check = ("import sys; from newsletter.store import open_store; open_store(sys.argv[1]); "
+             "print('alembic' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", check, url], capture_output=True, text=True).stdout == "False\n"
+    with make_engine(url).begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0005'"))
+        conn.execute(sa.text("DROP TABLE delivery_events"))
+    assert subprocess.run([sys.executable, "-c", check, url], capture_output=True, text=True).stdout == "True\n"
+    assert "delivery_events" in sa.inspect(make_engine(url)).get_table_names()
