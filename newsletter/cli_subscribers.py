@@ -32,7 +32,8 @@ def import_command(state: State, file: Path, newsletter: str | None, skip_invali
     """Import (add or update) subscribers from a CSV file with a header row.
 
     Columns: email, name, newsletters (ids separated by ;), categories (separated by ;, either a bare category
-    or newsletter:category; empty means all), status (active, unsubscribed, bounced, complained).
+    or newsletter:category; empty means all), status (active, unsubscribed, bounced, complained), and the
+    consent evidence an export writes: signed_up_at (ISO 8601 with its UTC offset) and signup_ip.
     Nothing is imported when any row is invalid, unless --skip-invalid.
     """
     from .subscribers import ImportRejected, import_csv
