@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/send.py
 	$(BIN)/python bench/dkim.py
 	$(BIN)/python bench/events.py
+	$(BIN)/python bench/import.py
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff

@@ -32,7 +32,8 @@ def import_command(state: State, file: Path, newsletter: str | None, skip_invali
     """Import (add or update) subscribers from a CSV file with a header row.
 
     Columns: email, name, newsletters (ids separated by ;), categories (separated by ;, either a bare category
-    or newsletter:category; empty means all), status (active, unsubscribed, bounced, complained).
+    or newsletter:category; empty means all), status (active, unsubscribed, bounced, complained), and the
+    consent evidence an export writes: signed_up_at (ISO 8601 with its UTC offset) and signup_ip.
     Nothing is imported when any row is invalid, unless --skip-invalid.
     """
     from .subscribers import ImportRejected, import_csv
@@ -139,14 +140,15 @@ def add_command(state: State, email: str, name: str, newsletters: tuple[str, ...
 @click.argument("email")
 @click.pass_obj
 def remove(state: State, email: str) -> None:
-    """Unsubscribe someone: they are never emailed again (their record stays, so an import cannot re-add them)."""
-    from .subscribers import find, set_status
+    """Unsubscribe someone from every newsletter: they are never emailed again, and each departure is recorded
+    (how: operator), so no import re-adds them without --resubscribe."""
+    from .subscribers import find, remove
 
     config = state.config()
     store = state.store(config)
     if find(store, email) is None:
         raise UnknownNameError(f"no subscriber {email!r}; `newsletter subscribers list` lists them")
-    found = set_status(store, email, "unsubscribed", state.now(config))
+    found = remove(store, email, state.now(config))
     click.echo(f"unsubscribed: {found.email}")
 
 

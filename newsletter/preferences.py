@@ -3,8 +3,8 @@
 Unsubscribing is per newsletter: it deletes that one subscription row, in its own committed transaction, so
 that the send loop, which reads the subscription when it claims a batch, skips the reader from the next batch
 on, including the rest of an issue being sent right now. Each departure is recorded (when, and how: one-click,
-page, preferences, cli) and stays open until the person comes back through their own signed link or a
-confirmed sign-up, so that no import or sign-up re-adds them silently. Someone whose address bounced or who
+page, preferences, provider, operator) and stays open until the person comes back through their own signed link
+or a confirmed sign-up, so that no import or sign-up re-adds them silently. Someone whose address bounced or who
 complained cannot be made active again from the web: only the operator can.
 """
 
@@ -20,7 +20,8 @@ from .errors import NewsletterError
 from .store import Store, as_utc, subscribers, subscriptions, unsubscribes
 from .subscribers import Subscriber, _with_subscriptions, decode_categories, encode_categories
 
-HOWS = ("one-click", "page", "preferences", "cli")
+OPERATOR = "operator"  # `newsletter subscribers remove`
+HOWS = ("one-click", "page", "preferences", "cli", "provider", OPERATOR)
 BLOCKED = ("bounced", "complained")
 
 

@@ -213,10 +213,10 @@ def of_address(store: Store, address: str) -> list[Signup]:
 
 def consent(store: Store) -> dict[str, tuple[datetime, str]]:
     """For each address, the time and IP of its latest confirmed sign-up (for `subscribers export`)."""
+    from .subscribers import consent_on_record
+
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(signups.c.email_key, signups.c.created_at, signups.c.ip)
-                            .where(signups.c.confirmed_at.is_not(None)).order_by(signups.c.id)).all()
-    return {r.email_key: (as_utc(r.created_at), r.ip) for r in rows}
+        return consent_on_record(conn)
 
 
 def normalised(address: str) -> str:

@@ -68,7 +68,11 @@ def test_import_list_show_export(run, tmp_path):
 def test_add_and_remove(run):
     assert run("subscribers", "add", "new@example.org", "--name", "New", "--newsletter", "lab", "--category",
                "Science").stdout == "added: new@example.org\n"
-    assert run("subscribers", "remove", "NEW@example.org").stdout == "unsubscribed: new@example.org\n"
+    assert run("--now", NOW, "subscribers", "remove", "NEW@example.org").stdout == "unsubscribed: new@example.org\n"
+    shown = run("--now", NOW, "subscribers", "show", "new@example.org").stdout.splitlines()
+    assert shown[2] == "status: unsubscribed"
+    assert [line for line in shown if line.startswith("unsubscribed from")] == [
+        "unsubscribed from lab: 2026-01-05T07:00:00+00:00 (operator)"]
     again = run("subscribers", "add", "new@example.org", "--newsletter", "lab")
     assert (again.exit_code, again.stderr) == (1, "error: new@example.org had left; pass --resubscribe to make "
                                                   "them active again\n")

@@ -126,3 +126,19 @@ def test_database_faults_are_store_errors_and_constraint_errors_are_not(tmp_path
     with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO settings (key, value) VALUES ('k', 'v'), ('k', 'w')"))
     store.engine.dispose()
+
+
+def test_an_up_to_date_database_opens_without_alembic_and_an_older_one_is_still_upgraded(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    open_store(url).engine.dispose()
+    check = ("import sys; from newsletter.store import open_store; open_store(sys.argv[1]); "
+             "print('alembic' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", check, url], capture_output=True, text=True).stdout == "False\n"
+    with make_engine(url).begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0006'"))
+        conn.execute(sa.text("ALTER TABLE unsubscribes DROP COLUMN categories"))
+    assert subprocess.run([sys.executable, "-c", check, url], capture_output=True, text=True).stdout == "True\n"
+    assert "categories" in [c["name"] for c in sa.inspect(make_engine(url)).get_columns("unsubscribes")]

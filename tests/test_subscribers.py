@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
@@ -302,3 +303,115 @@ def test_add_remove_and_status_filters(env):
     assert [s.email for s in iter_subscribers(env.store, category="Science")] == ["eve@example.org"]
     with pytest.raises(subs.NewsletterError, match="cannot add 'bad': 'bad' is not a valid address"):
         subs.add(env.store, env.config, "bad", "", ("weekly",), (), FIXED_NOW)
+
+
+def test_the_quick_control_character_search_covers_every_character_the_slow_check_refuses():
+    import sys
+    import unicodedata
+
+    refused = {chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp")}
+    found = {chr(c) for c in range(sys.maxunicode + 1) if subs.UNWANTED.match(chr(c))}
+    assert found == refused
+    assert subs._unwanted_character("Ana\u2028Souza") == "a control character (U+2028)"
+
+
+CONSENT_CSV = ("email,newsletters,status,signed_up_at,signup_ip\n"
+               "ana@example.org,weekly,active,2025-03-01T09:30:00+00:00,192.0.2.7\n"
+               "ben@example.org,lab,bounced,2025-03-02T10:00:00+01:00,2001:DB8:0:0::1\n"
+               "cy@example.org,weekly,active,,\n"
+               "dee@example.org,weekly,active,2025-03-04T08:00:00Z,\n")
+
+
+def exported(env) -> list[str]:
+    out = io.StringIO()
+    export_csv(env.store, out)
+    return out.getvalue().splitlines()
+
+
+def test_consent_columns_are_imported_and_exported_as_they_were(env, tmp_path):
+    report = load(env, CONSENT_CSV)
+    assert report.added == 4
+    written = exported(env)
+    assert written == [
+        "email,name,newsletters,categories,status,signed_up_at,signup_ip",
+        "ana@example.org,,weekly,,active,2025-03-01T09:30:00+00:00,192.0.2.7",
+        "ben@example.org,,lab,,bounced,2025-03-02T09:00:00+00:00,2001:db8::1",
+        "cy@example.org,,weekly,,active,,",
+        "dee@example.org,,weekly,,active,2025-03-04T08:00:00+00:00,",
+    ]
+    from newsletter import signup
+
+    ana = signup.of_address(env.store, "ana@example.org")
+    assert [(s.created_at, s.ip, s.confirmed_at, s.newsletters) for s in ana] == [
+        (datetime(2025, 3, 1, 9, 30, tzinfo=timezone.utc), "192.0.2.7", datetime(2025, 3, 1, 9, 30, tzinfo=timezone.utc),
+         {"weekly": ()})]
+    fresh = SimpleNamespace(**{**vars(env), "store": open_store(f"sqlite:///{tmp_path}/fresh.db")})
+    load(fresh, "\n".join(written) + "\n")
+    assert exported(fresh) == written
+
+
+def test_importing_the_same_consent_again_changes_nothing_and_new_evidence_is_added(env):
+    load(env, CONSENT_CSV)
+    again = load(env, CONSENT_CSV)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 4)
+    later = CONSENT_CSV.replace("2025-03-01T09:30:00+00:00,192.0.2.7", "2025-06-01T09:30:00+00:00,192.0.2.8")
+    report = load(env, later)
+    assert (report.updated, report.unchanged) == (1, 3)
+    assert exported(env)[1] == "ana@example.org,,weekly,,active,2025-06-01T09:30:00+00:00,192.0.2.8"
+    from newsletter import signup
+
+    assert [s.ip for s in signup.of_address(env.store, "ana@example.org")] == ["192.0.2.7", "192.0.2.8"]
+
+
+def test_a_bad_consent_cell_is_an_invalid_row_naming_its_column_and_the_rest_imports(env):
+    text = ("email,newsletters,signed_up_at,signup_ip\n"
+            "ana@example.org,weekly,2025-03-01T09:30:00+00:00,192.0.2.7\n"
+            "ben@example.org,weekly,yesterday,192.0.2.8\n"
+            "cy@example.org,weekly,2025-03-01 09:30,192.0.2.9\n"
+            "dee@example.org,weekly,2025-03-01T09:30:00+00:00,192.0.2.300\n"
+            "eve@example.org,weekly,,192.0.2.10\n"
+            "fay@example.org,weekly,2026-01-05T07:00:01+00:00,\n"
+            "gus@example.org,weekly,2026-01-05T07:00:00+00:00,::1\n")
+    with pytest.raises(ImportRejected) as caught:
+        load(env, text)
+    expected = [
+        (3, "the signed_up_at column holds 'yesterday', which is not an ISO 8601 time such as "
+            "2026-01-05T07:00:00+00:00"),
+        (4, "the signed_up_at column holds '2025-03-01 09:30' without a UTC offset; add one, such as +00:00"),
+        (5, "the signup_ip column holds '192.0.2.300', which is not an IPv4 or IPv6 address"),
+        (6, "the signup_ip column holds '192.0.2.10' but signed_up_at is empty; give the time of that sign-up too"),
+        (7, "the signed_up_at column holds '2026-01-05T07:00:01+00:00', later than the import "
+            "(2026-01-05T07:00:00+00:00)"),
+    ]
+    assert [(p.line, p.message) for p in caught.value.problems] == expected
+    assert everyone(env) == {}
+    report = load(env, text, skip_invalid=True)
+    assert [(p.line, p.message) for p in report.invalid] == expected
+    assert sorted(everyone(env)) == ["ana@example.org", "gus@example.org"]
+    assert exported(env)[1:] == ["ana@example.org,,weekly,,active,2025-03-01T09:30:00+00:00,192.0.2.7",
+                                 "gus@example.org,,weekly,,active,2026-01-05T07:00:00+00:00,::1"]
+
+
+def test_remove_ends_every_subscription_with_a_departure_on_record(env):
+    from newsletter import preferences
+
+    load(env, "email,newsletters,categories,status\n"
+              "ana@example.org,weekly;lab,lab:Science,active\n"
+              "bo@example.org,weekly,,bounced\n"
+              "cy@example.org,lab,,active\n")
+    later = FIXED_NOW + timedelta(days=1)
+    removed = subs.remove(env.store, "ANA@example.org", later)
+    assert (removed.status, removed.newsletters) == ("unsubscribed", {})
+    ana = find(env.store, "ana@example.org").id
+    assert preferences.departures(env.store, ana) == [preferences.Departure("lab", later, "operator", None),
+                                                      preferences.Departure("weekly", later, "operator", None)]
+    bounced = subs.remove(env.store, "bo@example.org", later)
+    assert (bounced.status, bounced.newsletters) == ("bounced", {})
+    assert [d.how for d in preferences.departures(env.store, bounced.id)] == ["operator"]
+    assert exported(env)[1:3] == ["ana@example.org,,lab;weekly,,unsubscribed,,", "bo@example.org,,weekly,,bounced,,"]
+    report = load(env, "email,newsletters,status\nana@example.org,weekly,unsubscribed\n")
+    assert (report.kept_unsubscribed, everyone(env)["ana@example.org"]) == (
+        ["ana@example.org (weekly)"], ("", "unsubscribed", {}))
+    with pytest.raises(subs.NewsletterError, match="no subscriber 'nobody@example.org'"):
+        subs.remove(env.store, "nobody@example.org", later)
+    assert everyone(env)["cy@example.org"] == ("", "active", {"lab": ()})
