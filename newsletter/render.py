@@ -41,6 +41,9 @@ _MARKER = re.compile(r"XNLFIELD(" + "|".join(PERSONAL_FIELDS) + r")XNLEND")
 #: What a provider fills in per recipient: our markers, and the substitution tags of sendgrid.py (%nl_...%).
 #: Found in rendered output before the placeholders are turned into markers, they came from content.
 _MARKER_LIKE = re.compile(r"XNLFIELD|%nl_", re.IGNORECASE)
+# A rendering's placeholders, whatever its nonce (16 hex digits); _seal keeps only those of its own nonce. One
+# pattern compiled once: a pattern with the nonce in it was compiled anew for every template of every variant.
+_PLACEHOLDER = re.compile("XNLRAW([0-9a-f]{16})(" + "|".join(PERSONAL_FIELDS) + ")XNLEND")
 WORD_JOINER = "\u2060"
 
 
@@ -172,8 +175,7 @@ def _seal(output: str, nonce: str, where: str) -> str:
     """Neutralise marker-like text (it came from content), then turn this rendering's placeholders into the
     markers `personalise` fills in."""
     output = _MARKER_LIKE.sub(lambda m: m.group(0)[:1] + WORD_JOINER + m.group(0)[1:], output)
-    output = re.sub(f"XNLRAW{nonce}(" + "|".join(PERSONAL_FIELDS) + ")XNLEND", lambda m: marker(m.group(1)),
-                    output)
+    output = _PLACEHOLDER.sub(lambda m: marker(m.group(2)) if m.group(1) == nonce else m.group(0), output)
     if nonce.lower() in output.lower():
         raise RenderError(f"{where}: a personal field (subscriber.name, subscriber.email, unsubscribe_url, "
                           "preferences_url) went through a filter or test; use it as it is, like "
