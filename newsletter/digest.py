@@ -192,15 +192,17 @@ def compose(config: Config, digest: Digest, recipient: Recipient, now: datetime)
 
 
 def check_newsletters(config: Config, posts: Sequence[Post], now: datetime,
-                      newsletters: Sequence[NewsletterConfig] | None = None) -> list[Problem]:
+                      newsletters: Sequence[NewsletterConfig] | None = None,
+                      env: jinja2.Environment | None = None) -> list[Problem]:
     """Render every newsletter's subject and templates against a sample issue (its newest posts, whatever their
     age, for the sample recipient) and compose the message, as a send would: one Problem for each error, naming
     the template and line. `check` reports them before a send plans an issue it cannot render. With no post to
     show, the templates and subject are only compiled, since a send never renders an empty issue. Every
-    template with a syntax error is reported; the others are rendered only when none has one."""
+    template with a syntax error is reported; the others are rendered only when none has one. A send passes
+    the `env` it renders its variants with, so that the templates are loaded and compiled once."""
     from .plan import plan_issue
 
-    env = template_environment(config.templates)
+    env = env or template_environment(config.templates)
     recipient = sample_recipient(config)
     since = min((post.date for post in posts), default=now) - timedelta(seconds=1)
     found: list[Problem] = []

@@ -245,6 +245,13 @@ def test_content_split_across_fields_cannot_spell_a_marker(sample_config, tmp_pa
                                                                           "reader@example.org"]
 
 
+def test_only_the_renderings_own_placeholders_become_markers():
+    """Text looking like another rendering's placeholder (it came from content) stays as it is."""
+    ours, other = "0123456789abcdef", "fedcba9876543210"
+    sealed = render._seal(f"{render._placeholder(ours, 'email')} {render._placeholder(other, 'name')}", ours, "t")
+    assert sealed == f"{render.marker('email')} {render._placeholder(other, 'name')}"
+
+
 def test_a_personal_field_through_a_filter_is_an_error_naming_the_template(sample_config, sample_posts, tmp_path):
     (tmp_path / "digest.html.j2").write_text("<p>{{ subscriber.name|upper }}</p>")
     (tmp_path / "digest.txt.j2").write_text("")

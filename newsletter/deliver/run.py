@@ -24,6 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from .. import ledger
 from ..clock import format_duration
@@ -32,10 +33,13 @@ from ..digest import Variants, check_newsletters
 from ..errors import ConfigError, NewsletterError
 from ..plan import next_issue, period_of, plan_or_resume
 from ..posts import Post
-from ..render import Digest, Recipient
+from ..render import Digest, Recipient, template_environment
 from ..store import Store, utcnow
 from ..tokens import TEST_SUBSCRIBER, Tokens
 from .base import Batch, Envelope, Outcome, Provider, RateLimited, RetryBatch, SplitBatch, StopSend
+
+if TYPE_CHECKING:
+    import jinja2
 
 EXIT_UNKNOWN = 3
 LINKS_WARNING = ("[web] base_url is not set, so unsubscribe and preferences links point at the blog "
@@ -90,8 +94,9 @@ class Sender:
                  progress: Callable[[list[ledger.Mark]], None] | None = None,
                  sleep: Callable[[float], None] | None = None, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 checks: Callable[[list[str]], None] | None = None):
+                 checks: Callable[[list[str]], None] | None = None, env: jinja2.Environment | None = None):
         self.store, self.config, self.newsletter, self.provider = store, config, newsletter, provider
+        self.env = env  # the templates, loaded and compiled once for the whole send (default: loaded here)
         # told the pre-send warnings (links, what mail clients would show badly) before anything is sent; it may
         # raise to stop the send then (--strict does)
         self.checks = checks or (lambda warnings: None)
@@ -126,7 +131,7 @@ class Sender:
                 if retry_unknown:
                     report.retried_unknown = ledger.retry_unknown(self.store, record.id)
                 report.recovered = ledger.recover_in_flight(self.store, record.id)
-                variants = Variants(self.store, self.config, self.newsletter, record)
+                variants = Variants(self.store, self.config, self.newsletter, record, self.env)
                 report.warnings += self._precheck(record, variants)
                 self.checks(report.warnings)
                 self._work(record, variants, now)
@@ -433,7 +438,8 @@ def send_newsletter(store: Store, config: Config, newsletter: NewsletterConfig, 
     is told of each issue before it is worked and may return a progress callback; `finished` gets each report;
     `checks` gets each issue's pre-send warnings before anything of it is sent (see Sender).
     """
-    problems = check_newsletters(config, posts, now, [newsletter])
+    env = template_environment(config.templates)  # shared by the checks and every issue's variants
+    problems = check_newsletters(config, posts, now, [newsletter], env)
     if problems:  # nothing is planned that could not be rendered
         raise ConfigError(problems)
     wanted = period or period_of(now, config, newsletter)
@@ -446,8 +452,8 @@ def send_newsletter(store: Store, config: Config, newsletter: NewsletterConfig, 
                                   f"after a send; see `newsletter status {record.id}`")
         worked.add(record.id)
         progress = starting(record, created) if starting else None
-        report = Sender(store, config, newsletter, provider, progress=progress, stop=stop, checks=checks).run(
-            record, now, retry_unknown=retry_unknown)
+        report = Sender(store, config, newsletter, provider, progress=progress, stop=stop, checks=checks,
+                        env=env).run(record, now, retry_unknown=retry_unknown)
         report.created = created
         reports.append(report)
         if finished:
