@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import gc
 import glob
+import operator
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from .postcache import Outcome, PostCache
 from .posts import DATED_NAME, POST_EXTS, Post, PostError, deep_merge, read_post
 
 _SKIPPED_DIRS = {"node_modules", "vendor"}
+_NAME = operator.attrgetter("name")
 
 
 def read_site(config: Config, now: datetime) -> ReadResult:
@@ -213,7 +215,7 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
 def _entries(folder: str, skipped: list[Problem]) -> list[os.DirEntry]:
     try:
         with os.scandir(folder) as found:
-            return sorted(found, key=lambda entry: entry.name)
+            return sorted(found, key=_NAME)
     except OSError as err:
         skipped.append(Problem(display_path(Path(folder)), f"folder cannot be read: {err.strerror}"))
         return []
