@@ -33,6 +33,7 @@ import yaml
 
 from . import clock, frontyaml, permalink, posts
 from .config import SiteConfig
+from .errors import NewsletterError, display_path
 from .posts import Post, PostError, PostWarning
 
 MAGIC = b"newsletter post cache\n"
@@ -110,7 +111,7 @@ class PostCache:
         if entry is None or entry[2] is None or entry[0] != stamp or entry[1] != scopes:
             return None
         try:
-            outcome = _unpack_outcome(entry[2], relative, base_url)
+            outcome = _unpack_outcome(entry[2], relative, base_url, self.path)
         except Exception:  # noqa: BLE001 - a damaged entry, whatever is wrong with it: the file is read again
             return None
         self._new[relative] = entry
@@ -192,7 +193,7 @@ def _pack_outcome(outcome: Outcome) -> tuple:
             _pack_data(post.data), post.url_template, values.slug, values.basename, values.output_ext)
 
 
-def _unpack_outcome(packed: tuple, relative: str, base_url: str) -> Outcome:
+def _unpack_outcome(packed: tuple, relative: str, base_url: str, path: Path | None = None) -> Outcome:
     kind = packed[0]
     if kind == "error" and len(packed) == 4:
         _, message, line, warnings = packed
@@ -204,8 +205,7 @@ def _unpack_outcome(packed: tuple, relative: str, base_url: str) -> Outcome:
     (_, warnings, when, title, slug, categories, tags, author, image, image_alt, image_path, excerpt_source,
      excerpt_is_html, data, url_template, url_slug, basename, output_ext) = packed
     when = _unpack(when)
-    categories, tags, data = _names(categories), _names(tags), _unpack_data(data)
-    if when.__class__ is not datetime:
+    if when.__class__ is not datetime or excerpt_is_html.__class__ is not bool:
         raise TypeError(when)
     for text in (title, slug, excerpt_source, url_template, url_slug, basename, output_ext):
         if text.__class__ is not str:
@@ -213,15 +213,40 @@ def _unpack_outcome(packed: tuple, relative: str, base_url: str) -> Outcome:
     for text in (author, image, image_alt, image_path):
         if text is not None and text.__class__ is not str:
             raise TypeError(text)
-    values = permalink.UrlValues(date=when, slug=url_slug, basename=basename, categories=list(categories),
-                                 output_ext=output_ext, path=relative)
-    post = Post(
-        path=relative, date=when, title=title, slug=slug, categories=categories, tags=tags, author=author,
-        image=image, image_alt=image_alt, image_path=image_path, excerpt_source=excerpt_source,
-        excerpt_is_html=_flag(excerpt_is_html), data=data, url_template=url_template, url_values=values,
-        base_url=base_url,
-    )
-    return Outcome(post, _warnings(warnings))
+    for names in (categories, tags):
+        if names.__class__ is not tuple:
+            raise TypeError(names)
+        for name in names:
+            if name.__class__ is not str:
+                raise TypeError(name)
+    if data.__class__ is not tuple or not data or data[0] not in _DATA_KINDS:  # the rest is checked when used
+        raise TypeError(data)
+    post = Post.from_parts({
+        "path": relative, "date": when, "title": title, "slug": slug, "categories": categories, "tags": tags,
+        "author": author, "image": image, "image_alt": image_alt, "image_path": image_path,
+        "excerpt_source": excerpt_source, "excerpt_is_html": excerpt_is_html, "url_template": url_template,
+        "base_url": base_url, "fixed_url": None,
+    }, (_deferred_field, (data, url_slug, basename, output_ext, path)))  # fmt: skip
+    return Outcome(post, () if warnings == () else _warnings(warnings))
+
+
+class DamagedEntry(NewsletterError):
+    """A post cache entry that passed the file's digest but not the check of a field made later: a cache file
+    not written by this reader. The post cannot be trusted, so the command stops rather than use it."""
+
+
+def _deferred_field(post: Post, name: str, packed: tuple) -> Any:
+    """A cached post's front matter or URL values, made when first asked for."""
+    data, url_slug, basename, output_ext, path = packed
+    if name == "url_values":
+        return permalink.UrlValues(date=post.date, slug=url_slug, basename=basename,
+                                   categories=list(post.categories), output_ext=output_ext, path=post.path)
+    try:
+        return _unpack_data(data)
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with it, the entry is not what we wrote
+        where = f"delete {display_path(path)}" if path is not None else "delete the post cache file"
+        raise DamagedEntry(f"{post.path}: the post cache holds a damaged front matter for this post ({err!r}); "
+                           f"{where} and run the command again to read every post from its file") from err
 
 
 def _text(value: Any) -> str:
@@ -230,20 +255,8 @@ def _text(value: Any) -> str:
     return value
 
 
-def _flag(value: Any) -> bool:
-    if value.__class__ is not bool:
-        raise TypeError(value)
-    return value
-
-
 def _line(value: Any) -> int | None:
     if value is not None and value.__class__ is not int:
-        raise TypeError(value)
-    return value
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    if value.__class__ is not tuple or not all(item.__class__ is str for item in value):
         raise TypeError(value)
     return value
 
@@ -285,6 +298,9 @@ def _pack_data(data: dict[str, Any]) -> tuple:
             mapping[key] = None
             tagged.append((key, _pack(value)))
     return ("json", json.dumps(mapping), tuple(tagged))
+
+
+_DATA_KINDS = frozenset({"json", "tagged"})
 
 
 def _unpack_data(packed: Any) -> dict[str, Any]:

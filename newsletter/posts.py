@@ -86,6 +86,15 @@ class Post:
         }  # fmt: skip
 
     @classmethod
+    def from_parts(cls, fields: dict[str, Any], deferred: tuple[Callable[[Post, str, Any], Any], Any]) -> Post:
+        """A post made without its constructor: `fields` are every field but `data` and `url_values`, which
+        `deferred[0](post, name, deferred[1])` makes when first asked for (the post cache's quick path)."""
+        post = object.__new__(cls)
+        post.__dict__.update(fields)
+        post.__dict__["_deferred"] = deferred
+        return post
+
+    @classmethod
     def thaw(cls, frozen: dict[str, Any]) -> Post:
         values = dict(frozen)
         url = values.pop("url")
@@ -485,3 +494,25 @@ def read_post(
         base_url=site.absolute_base,
     )
     return post, notes.warnings
+
+
+class _Deferred:
+    """A field of a post from the post cache that is made when first asked for (its front matter, its URL
+    values): a warm read makes 20,000 posts, and most are only dated and sorted. A post made by its dataclass
+    constructor has the field in its own `__dict__`, which takes precedence over this (it has no `__set__`)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, post: Post | None, owner: type) -> Any:
+        if post is None:
+            raise AttributeError(self.name)  # no class-level default: dataclasses and inspect look for one
+        make, packed = post.__dict__["_deferred"]
+        value = make(post, self.name, packed)
+        post.__dict__[self.name] = value
+        return value
+
+
+# Set after the dataclass is made, so that its constructor keeps its own defaults for these fields.
+Post.data = _Deferred("data")  # type: ignore[assignment]
+Post.url_values = _Deferred("url_values")  # type: ignore[assignment]

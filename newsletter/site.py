@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import gc
 import glob
+import operator
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from .postcache import Outcome, PostCache
 from .posts import DATED_NAME, POST_EXTS, Post, PostError, deep_merge, read_post
 
 _SKIPPED_DIRS = {"node_modules", "vendor"}
+_NAME = operator.attrgetter("name")
 
 
 def read_site(config: Config, now: datetime) -> ReadResult:
@@ -116,6 +118,8 @@ class FrontMatterDefaults:
 
     def scopes(self, relative: str) -> tuple[int, ...]:
         """Which sets apply to the post at `relative`, by their place in the list."""
+        if not self.sets:
+            return ()
         return tuple(i for i, (path, _, _) in enumerate(self.sets) if self._applies(path, relative))
 
     def merged(self, scopes: tuple[int, ...]) -> dict[str, Any]:
@@ -179,6 +183,8 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
         subfolders = []
         prefix = "".join(part + "/" for part in parts)
         categories = parts[: parts.index("_posts")] if "_posts" in parts else []
+        # a Jekyll site has posts only below _posts/: elsewhere its files are not even looked at
+        files_wanted = not site.is_jekyll or "_posts" in parts
         for entry in _entries(folder, skipped):
             relative = prefix + entry.name
             if entry.is_dir():
@@ -193,7 +199,8 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
                     seen.add(key)
                     subfolders.append((entry.path, key[0], below))
                 continue
-            if not _wanted_file(entry.name, parts, site) or site.exclude and _excluded(relative, site.exclude):
+            if not files_wanted or not _wanted_file(entry.name, site.is_jekyll) \
+                    or site.exclude and _excluded(relative, site.exclude):
                 continue
             if entry.is_symlink() and not _inside(real := os.path.realpath(entry.path), root):
                 skipped.append(Problem(display_path(Path(entry.path)), _outside(real)))
@@ -208,7 +215,7 @@ def find_post_files(site: SiteConfig, skipped: list[Problem]) -> Iterator[tuple[
 def _entries(folder: str, skipped: list[Problem]) -> list[os.DirEntry]:
     try:
         with os.scandir(folder) as found:
-            return sorted(found, key=lambda entry: entry.name)
+            return sorted(found, key=_NAME)
     except OSError as err:
         skipped.append(Problem(display_path(Path(folder)), f"folder cannot be read: {err.strerror}"))
         return []
@@ -220,14 +227,15 @@ def _wanted_folder(name: str, parts: list[str], site: SiteConfig) -> bool:
     return name == "_posts" and site.is_jekyll or not _special(name) and name not in _SKIPPED_DIRS
 
 
-def _wanted_file(name: str, parts: list[str], site: SiteConfig) -> bool:
-    if site.is_jekyll and "_posts" not in parts:
+def _wanted_file(name: str, is_jekyll: bool) -> bool:
+    """Whether a file in a folder that holds posts is one: a post extension, not special nor a backup, and
+    in a Jekyll site a dated name."""
+    if name[:1] in _SPECIAL_STARTS or name[-1:] == "~":
         return False
     dot = name.rfind(".")
-    ext = name[dot:].lower() if dot > 0 else ""  # os.path.splitext's, for a name without a leading dot
-    if _special(name) or name.endswith("~") or ext not in POST_EXTS:
+    if dot <= 0 or name[dot:].lower() not in POST_EXTS:  # os.path.splitext's, for a name without a leading dot
         return False
-    return not site.is_jekyll or DATED_NAME.match(name) is not None
+    return not is_jekyll or DATED_NAME.match(name) is not None
 
 
 def _inside(real: str, root: str) -> bool:
@@ -243,5 +251,8 @@ def _excluded(relative: str, patterns: tuple[str, ...]) -> bool:
     return any(relative == p or relative.startswith(p + "/") or fnmatch.fnmatch(relative, p) for p in patterns)
 
 
+_SPECIAL_STARTS = frozenset({".", "_", "#", "~"})
+
+
 def _special(name: str) -> bool:
-    return name[:1] in (".", "_", "#", "~")
+    return name[:1] in _SPECIAL_STARTS

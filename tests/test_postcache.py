@@ -369,3 +369,66 @@ def test_a_post_the_cache_cannot_hold_is_read_from_its_file_every_time(tmp_path)
     posts = {p.title: p for p in second.posts}
     assert posts["Huge"].data["n"] == 16 ** 4000 - 1
     assert posts["Odd"].data == {"title": "Odd", "s": {"a", "b"}, "when": {date(2025, 3, 9): "launch"}}
+
+
+def rewrite_entries(path: Path, config, change) -> int:
+    """Write the cache again with each post entry changed by `change`, with a digest that matches: what a
+    cache file written by something other than this reader could hold."""
+    entries = marshal.loads(path.read_bytes()[len(MAGIC) + 32:])[2]
+    changed = {key: (entry[0], entry[1], change(entry[2]) if entry[2][0] == "post" else entry[2])
+               for key, entry in entries.items()}
+    rewrite(path, marshal.dumps((postcache.FORMAT, fingerprint(config), changed)))
+    return sum(entry[2][0] == "post" for entry in entries.values())
+
+
+def with_field(index: int, value):
+    return lambda packed: packed[:index] + (value,) + packed[index + 1:]
+
+
+@pytest.mark.parametrize("index, value", [
+    (5, ("tech", 7)), (6, ["a list", "not a tuple"]), (7, 42), (12, "yes"), (13, "json"), (13, ()),
+    (13, ("yaml", "title: x")), (1, [("a warning", 3)]), (1, 0), (16, None),
+])
+def test_a_cache_entry_with_a_field_of_the_wrong_type_is_read_again_from_its_file(index, value, tmp_path):
+    site = copy_site("jekyll/site", tmp_path)
+    expected = described(read(site, cache=None))
+    config = site_config(site).site
+    read(site)
+    posts = rewrite_entries(cache_file(config), config, with_field(index, value))
+    result = read(site)
+    assert described(result) == expected
+    assert result.parsed == posts > 30
+
+
+@pytest.mark.parametrize("data", [
+    ("json", "{not json", ()), ("json", "[1, 2]", ()), ("json", '{"title": "x"}', (("date", ("nonsense",)),)),
+    ("json", '{"title": "x"}', (("date", ("date", 2025, 1, 1)),)), ("json", '{"title": "x"}', 7),
+    ("json", '{"title": "x"}'), ("tagged", [1, 2]), ("tagged", ("set", [1]), "extra"),
+])
+def test_a_damaged_front_matter_in_the_cache_stops_the_command_and_never_gives_wrong_data(data, tmp_path):
+    """A cached post's front matter is unpacked when first asked for, after the read: an entry that passed the
+    file's digest but does not unpack is an error naming the post and the cache file, not a post without it."""
+    site = copy_site("jekyll/site", tmp_path)
+    config = site_config(site).site
+    read(site)
+    rewrite_entries(cache_file(config), config, with_field(13, data))
+    result = read(site)
+    assert result.parsed == 0
+    post = result.posts[0]
+    assert post.date == read(site, cache=None).posts[0].date  # the rest of the post is as written
+    with pytest.raises(postcache.DamagedEntry, match=f"^{post.path}: the post cache holds a damaged front matter") \
+            as caught:
+        post.data  # noqa: B018
+    assert str(cache_file(config).name) in str(caught.value)
+    assert "data" not in post.__dict__
+
+
+def test_a_cached_post_unpacks_its_front_matter_and_url_values_only_when_asked(tmp_path):
+    site = copy_site("jekyll/site", tmp_path)
+    uncached = {post.path: post for post in read(site, cache=None).posts}
+    read(site)
+    for post in read(site).posts:
+        assert "data" not in post.__dict__ and "url_values" not in post.__dict__
+        assert post.url == uncached[post.path].url
+        assert post.data == uncached[post.path].data
+        assert "data" in post.__dict__ and "url_values" in post.__dict__

@@ -224,6 +224,29 @@ def test_a_fifo_among_the_posts_is_skipped_not_waited_on(tmp_path):
     assert [p.message for p in result.problems] == ["skipped: not a regular file"]
 
 
+def test_only_dated_post_files_below_posts_are_read_not_hidden_special_backup_or_other_files(tmp_path):
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_config.yml").write_text("timezone: UTC\n")
+    for name in (".2025-01-01-hidden.md", "_2025-01-01-under.md", "#2025-01-01-lock.md", "~2025-01-01-tilde.md",
+                 "2025-01-01-backup.md~", "2025-01-01-text.txt", "undated.md", "2025-01-01-ok.MD",
+                 "2025-01-02-page.html"):
+        (tmp_path / "_posts" / name).write_text("---\ntitle: T\n---\n")
+    (tmp_path / "2025-01-03-outside.md").write_text("---\ntitle: T\n---\n")
+    result = read(tmp_path)
+    assert sorted(p.path for p in result.posts) == ["_posts/2025-01-01-ok.MD", "_posts/2025-01-02-page.html"]
+    assert result.problems == []
+
+
+def test_a_plain_folder_reads_every_post_file_but_hidden_special_backup_and_other_files(tmp_path):
+    (tmp_path / "notes").mkdir()
+    for name in (".hidden.md", "_under.md", "#lock.md", "~tilde.md", "backup.md~", "text.txt", "md", ".md",
+                 "ok.MD", "notes/page.html"):
+        (tmp_path / name).write_text("---\ntitle: T\ndate: 2025-01-01\n---\n")
+    result = read(tmp_path)
+    assert sorted(p.path for p in result.posts) == ["notes/page.html", "ok.MD"]
+    assert result.problems == []
+
+
 # -- through the command line ----------------------------------------------------------------------------------
 
 BAD = sorted(name for name, _ in SKIPPED)
