@@ -152,6 +152,14 @@ def bare_send(folder: Path, database_file: Path, sink_url: str, variant: Path) -
                    str(variant)], folder, dict(os.environ), sink_url)
 
 
+def restore(pristine: Path, database_file: Path) -> None:
+    """Put the pristine database back as a new file, without the write-ahead log and shared-memory index a
+    previous run may have left beside it: SQLite would replay that log into the fresh copy."""
+    for leftover in (database_file, Path(f"{database_file}-wal"), Path(f"{database_file}-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copy(pristine, database_file)
+
+
 def variant_count(database_file: Path) -> int:
     with sqlite3.connect(database_file) as db:
         return db.execute("SELECT count(*) FROM variants").fetchone()[0]
@@ -248,7 +256,7 @@ def sendgrid_table(args, work: Path, sink_url: str, smtp_port: int) -> float:
         shutil.copy(folder / "bench.db", pristine)
         ours, bare, variants = [], [], set()
         for _ in range(args.runs):
-            shutil.copy(pristine, folder / "bench.db")
+            restore(pristine, folder / "bench.db")
             ours.append(timed_send(folder, "sendgrid", database, sink_url))
             variants.add(variant_count(folder / "bench.db"))
             stats = server_stats(sink_url)
@@ -257,7 +265,7 @@ def sendgrid_table(args, work: Path, sink_url: str, smtp_port: int) -> float:
             if count == args.subscribers:
                 variant = folder / "variant.json"
                 save_biggest_variant(folder / "bench.db", variant)
-                shutil.copy(pristine, folder / "bare.db")
+                restore(pristine, folder / "bare.db")
                 bare.append(bare_send(folder, folder / "bare.db", sink_url, variant))
         print(_row(f"`newsletter send`, {count:,} subscribers", ours, count, "/".join(map(str, sorted(variants)))),
               flush=True)
