@@ -4,57 +4,20 @@ unknown deliveries through the confirmation. The app's clock is pinned."""
 
 from __future__ import annotations
 
-import dataclasses
-import socket
-import threading
-import time
-from types import SimpleNamespace
-
 import pytest
 
 from newsletter import ledger
-from newsletter.config import load_config
-from newsletter.site import read_posts
-from newsletter.store import open_store
-from newsletter.web.app import create_app
 
-from .conftest import FIXED_NOW, ROOT
+from .conftest import FIXED_NOW
 from .test_admin import HASH, PASSWORD, make_unknown
-from .test_web_browser import CHROMIUM, browser, press  # noqa: F401  (browser is a fixture)
-from .web_helpers import Clock, add, send_issue
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+from .test_web_browser import browser, press, pytestmark, serving  # noqa: F401  (a fixture; the skip rule)
+from .web_helpers import add, send_issue
 
 
 @pytest.fixture
 def served(tmp_path):
     """The sample newsletter's app with a console password, under uvicorn on a free loopback port, at /news."""
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = load_config(ROOT / "newsletter.toml")
-    config = dataclasses.replace(config, database_url=f"sqlite:///{tmp_path}/web.db", web_base_url_set=True,
-                                 web_base_url=f"http://127.0.0.1:{port}/news",
-                                 delivery=dataclasses.replace(config.delivery, outbox=tmp_path / "outbox"),
-                                 web=dataclasses.replace(config.web, admin_password_hash=HASH))
-    store = open_store(config.database_url)
-    app = create_app(config, store=store, clock=Clock(FIXED_NOW))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    env = SimpleNamespace(config=config, store=store, now=FIXED_NOW, posts=read_posts(config.site, FIXED_NOW).posts,
-                          tmp=tmp_path)
-    yield SimpleNamespace(config=config, store=store, env=env, outbox=tmp_path / "outbox",
-                          origin=f"http://127.0.0.1:{port}")
-    server.should_exit = True
-    thread.join(timeout=10)
-    store.engine.dispose()
+    yield from serving(tmp_path, admin_password_hash=HASH)
 
 
 @pytest.fixture

@@ -31,6 +31,12 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 @pytest.fixture
 def served(tmp_path):
     """The sample newsletter's app under uvicorn on a free loopback port, at /news."""
+    yield from serving(tmp_path)
+
+
+def serving(tmp_path, **web_settings):
+    """Serve the sample newsletter (with these [web] settings) until the generator is closed; yields what the
+    tests look at: the config, the store, the outbox and the origin."""
     import uvicorn
 
     with socket.socket() as probe:
@@ -39,7 +45,8 @@ def served(tmp_path):
     config = load_config(ROOT / "newsletter.toml")
     config = dataclasses.replace(config, database_url=f"sqlite:///{tmp_path}/web.db", web_base_url_set=True,
                                  web_base_url=f"http://127.0.0.1:{port}/news",
-                                 delivery=dataclasses.replace(config.delivery, outbox=tmp_path / "outbox"))
+                                 delivery=dataclasses.replace(config.delivery, outbox=tmp_path / "outbox"),
+                                 web=dataclasses.replace(config.web, **web_settings))
     store = open_store(config.database_url)
     app = create_app(config, store=store, clock=Clock(FIXED_NOW))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
